@@ -1,0 +1,515 @@
+// The one WebGPU device of the process: adapter, limits, features, pipeline cache, buffer
+// pool and command batching. Knows no kernel: kernels hand it a pipeline, bindings,
+// uniforms and a workgroup count.
+import os from 'node:os';
+import { create, globals } from 'webgpu';
+
+export type DType = 'f32' | 'f16';
+
+/** A storage binding: a whole buffer or a window into one (offset/size in bytes). */
+export interface Binding {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+export interface DispatchArgs {
+  /** Op name and shapes, used in error messages and profiles, e.g. "matmul (4096x320)@(320x320)". */
+  label: string;
+  /** Kernel family for profiling (e.g. "matmul"); defaults to the first word of label. */
+  family?: string;
+  pipeline: GPUComputePipeline;
+  /** Uniform parameters (bound at @binding(0)); storage bindings follow from @binding(1). */
+  uniforms?: ArrayBuffer | ArrayBufferView;
+  bindings: Binding[];
+  workgroups: readonly [number, number?, number?];
+}
+
+export interface AdapterSummary {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  isFallback: boolean;
+}
+
+export class GpuError extends Error {}
+
+const DRIVER_HELP =
+  'No WebGPU adapter found. On Debian 12 install the CPU Vulkan driver (Mesa 25 lavapipe) from ' +
+  'bookworm-backports: add /etc/apt/sources.list.d/backports.sources with "Types: deb", ' +
+  '"URIs: http://deb.debian.org/debian", "Suites: bookworm-backports", "Components: main", ' +
+  '"Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg", then run `apt-get update && ' +
+  'apt-get install -y -t bookworm-backports mesa-vulkan-drivers libvulkan1`. On a machine with a ' +
+  'GPU, install its Vulkan driver (e.g. the NVIDIA driver with Vulkan support).';
+
+// Dawn's Node binding segfaults later if the object from create() is garbage-collected
+// (PLATFORM.md): keep it for the life of the process.
+let gpuRoot: GPU | undefined;
+let instance: Promise<Device> | undefined;
+
+const UNIFORM_SLOT = 256;
+const UNIFORM_RING_SLOTS = 2048;
+const MAX_BATCH = 128;
+const MAX_POOLED_BYTES = 2 * 1024 ** 3;
+
+/** Rounds a byte size up to a pool bucket: 1/8 steps of its power of two (<= 12.5% waste). */
+export function bucketSize(bytes: number): number {
+  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
+  if (b <= 4096) return Math.ceil(b / 256) * 256;
+  const p = 2 ** Math.floor(Math.log2(b));
+  const step = p / 8;
+  return Math.ceil(b / step) * step;
+}
+
+function bytesOf(data: ArrayBuffer | ArrayBufferView): Uint8Array {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+export class Device {
+  readonly gpu: GPUDevice;
+  readonly adapter: AdapterSummary;
+  readonly features: { f16: boolean; subgroups: boolean; timestamp: boolean };
+  readonly limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupsPerDimension: number;
+    maxComputeWorkgroupSizeX: number;
+    maxStorageBuffersPerShaderStage: number;
+    minUniformBufferOffsetAlignment: number;
+  };
+  /** 'cpu' for lavapipe / fallback adapters: kernels pick lavapipe-shaped variants there. */
+  readonly kind: 'cpu' | 'gpu';
+
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private pool = new Map<number, GPUBuffer[]>();
+  private pooledBytes = 0;
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private batchLabels: string[] = [];
+  private uniformRing: GPUBuffer;
+  private uniformStage: Uint8Array;
+  private uniformUsed = 0;
+  private lostReason: string | null = null;
+  private uncaptured: string | null = null;
+  private stagingPool: GPUBuffer[] = [];
+  private profiler: Profiler | null = null;
+
+  /** Bytes in buffers handed out and not yet released (the engine's live GPU memory). */
+  liveBytes = 0;
+  peakLiveBytes = 0;
+  dispatchCount = 0;
+  submitCount = 0;
+
+  private constructor(gpu: GPUDevice, adapter: GPUAdapter) {
+    this.gpu = gpu;
+    const info = adapter.info;
+    const isFallback = Boolean((info as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter) ||
+      /llvmpipe|lavapipe|swiftshader/i.test(`${info.device} ${info.description} ${info.architecture}`);
+    this.adapter = {
+      vendor: info.vendor ?? '',
+      architecture: info.architecture ?? '',
+      device: info.device ?? '',
+      description: info.description ?? '',
+      isFallback,
+    };
+    this.features = {
+      f16: gpu.features.has('shader-f16'),
+      subgroups: gpu.features.has('subgroups'),
+      timestamp: gpu.features.has('timestamp-query'),
+    };
+    const l = gpu.limits;
+    this.limits = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+    };
+    const forced = process.env.ELBO_KERNELS;
+    this.kind = forced === 'gpu' ? 'gpu' : forced === 'cpu' ? 'cpu' : isFallback ? 'cpu' : 'gpu';
+    this.uniformRing = gpu.createBuffer({
+      label: 'uniform ring',
+      size: UNIFORM_SLOT * UNIFORM_RING_SLOTS,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.uniformStage = new Uint8Array(UNIFORM_SLOT * UNIFORM_RING_SLOTS);
+    gpu.lost.then((info) => {
+      this.lostReason = `${info.reason}: ${info.message}`;
+    });
+    gpu.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
+      this.uncaptured ??= ev.error.message;
+    };
+  }
+
+  /** The process-wide device (created on first use). */
+  static get(): Promise<Device> {
+    instance ??= Device.create();
+    return instance;
+  }
+
+  private static async create(): Promise<Device> {
+    Object.assign(globalThis, globals);
+    gpuRoot ??= create([]);
+    let adapter: GPUAdapter | null = null;
+    try {
+      adapter = await gpuRoot.requestAdapter({ powerPreference: 'high-performance' });
+    } catch (e) {
+      throw new GpuError(`${DRIVER_HELP} (requestAdapter failed: ${(e as Error).message})`);
+    }
+    if (!adapter) throw new GpuError(DRIVER_HELP);
+    const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'];
+    const requiredFeatures = wanted.filter((f) => adapter!.features.has(f));
+    if (process.env.ELBO_NO_F16 === '1') requiredFeatures.splice(requiredFeatures.indexOf('shader-f16') >>> 0, 1);
+    const al = adapter.limits;
+    const requiredLimits: Record<string, number> = {
+      maxStorageBufferBindingSize: al.maxStorageBufferBindingSize,
+      maxBufferSize: al.maxBufferSize,
+      maxComputeWorkgroupStorageSize: al.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: al.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: al.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: al.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: al.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: Math.min(al.maxStorageBuffersPerShaderStage, 10),
+    };
+    const gpu = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+    const device = new Device(gpu, adapter);
+    // dawn.node busy-polls the JS thread while a promise is pending, taking a core from
+    // lavapipe's workers (PLATFORM.md): lower this thread's priority once the workers exist.
+    if (device.kind === 'cpu') {
+      try {
+        os.setPriority(19);
+      } catch {
+        /* not permitted: only slower */
+      }
+    }
+    return device;
+  }
+
+  get hasF16(): boolean {
+    return this.features.f16;
+  }
+
+  private checkAlive(what: string): void {
+    if (this.lostReason) throw new GpuError(`${what}: the GPU device was lost (${this.lostReason})`);
+  }
+
+  /** Returns a cached compute pipeline; `key` identifies shader + specialisation. */
+  pipeline(key: string, code: string | (() => string), entryPoint = 'main', constants?: Record<string, number>): GPUComputePipeline {
+    const cacheKey = constants ? `${key}|${entryPoint}|${JSON.stringify(constants)}` : `${key}|${entryPoint}`;
+    let p = this.pipelines.get(cacheKey);
+    if (p) return p;
+    this.checkAlive(`pipeline ${key}`);
+    const src = typeof code === 'string' ? code : code();
+    const module = this.gpu.createShaderModule({ label: key, code: src });
+    // Never pass `constants: undefined`: it segfaults dawn.node (PLATFORM.md).
+    const compute: GPUProgrammableStage = constants ? { module, entryPoint, constants } : { module, entryPoint };
+    this.gpu.pushErrorScope('validation');
+    p = this.gpu.createComputePipeline({ label: key, layout: 'auto', compute });
+    // Shader compile errors arrive asynchronously; they surface at the next flush.
+    void this.gpu.popErrorScope().then((err) => {
+      if (err) this.uncaptured ??= `pipeline "${key}": ${err.message}`;
+    });
+    this.pipelines.set(cacheKey, p);
+    return p;
+  }
+
+  /** A storage buffer of at least `bytes` bytes, from the pool when one is free. */
+  alloc(bytes: number, label = 'tensor'): GPUBuffer {
+    this.checkAlive(`alloc ${label}`);
+    if (bytes > this.limits.maxBufferSize) {
+      throw new GpuError(`${label}: a buffer of ${bytes} bytes exceeds the adapter's maxBufferSize (${this.limits.maxBufferSize} bytes)`);
+    }
+    const size = Math.min(bucketSize(bytes), Math.ceil(this.limits.maxBufferSize / 4) * 4 - 4);
+    const list = this.pool.get(size);
+    let buf = list?.pop();
+    if (buf) {
+      this.pooledBytes -= size;
+    } else {
+      buf = this.gpu.createBuffer({
+        label,
+        size,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      });
+    }
+    this.liveBytes += size;
+    if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
+    return buf;
+  }
+
+  /** Returns a buffer to the pool. Work already recorded that uses it still sees its data
+   *  because every later write goes through the queue after that work. */
+  free(buf: GPUBuffer): void {
+    const size = buf.size;
+    this.liveBytes -= size;
+    if (this.pooledBytes + size > MAX_POOLED_BYTES) {
+      this.flush();
+      buf.destroy();
+      return;
+    }
+    let list = this.pool.get(size);
+    if (!list) this.pool.set(size, (list = []));
+    list.push(buf);
+    this.pooledBytes += size;
+  }
+
+  /** Destroys every pooled (free) buffer. */
+  trimPool(): void {
+    this.flush();
+    for (const list of this.pool.values()) for (const b of list) b.destroy();
+    this.pool.clear();
+    this.pooledBytes = 0;
+  }
+
+  get poolBytes(): number {
+    return this.pooledBytes;
+  }
+
+  resetPeak(): void {
+    this.peakLiveBytes = this.liveBytes;
+  }
+
+  /** Records one compute dispatch into the current batch. */
+  dispatch(args: DispatchArgs): void {
+    this.checkAlive(args.label);
+    const [x, y = 1, z = 1] = args.workgroups;
+    const maxWg = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxWg || y > maxWg || z > maxWg) {
+      throw new GpuError(`${args.label}: workgroup count ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ${maxWg}`);
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    const entries: GPUBindGroupEntry[] = [];
+    if (args.uniforms) {
+      const bytes = bytesOf(args.uniforms);
+      if (bytes.byteLength > UNIFORM_SLOT) throw new GpuError(`${args.label}: uniforms larger than ${UNIFORM_SLOT} bytes`);
+      if (this.uniformUsed + UNIFORM_SLOT > this.uniformStage.byteLength) this.flush();
+      this.uniformStage.set(bytes, this.uniformUsed);
+      entries.push({ binding: 0, resource: { buffer: this.uniformRing, offset: this.uniformUsed, size: UNIFORM_SLOT } });
+      this.uniformUsed += UNIFORM_SLOT;
+    }
+    const maxBind = this.limits.maxStorageBufferBindingSize;
+    args.bindings.forEach((b, i) => {
+      const offset = b.offset ?? 0;
+      const size = b.size ?? b.buffer.size - offset;
+      if (size > maxBind) {
+        throw new GpuError(`${args.label}: binding ${i + 1} is ${size} bytes, above the adapter's maxStorageBufferBindingSize (${maxBind} bytes); the kernel must bind windows`);
+      }
+      entries.push({ binding: i + 1, resource: { buffer: b.buffer, offset, size } });
+    });
+    const bindGroup = this.gpu.createBindGroup({
+      label: args.label,
+      layout: args.pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
+    if (this.profiler) {
+      this.profiler.record(this, this.encoder, args, bindGroup, [x, y, z]);
+    } else {
+      if (!this.pass) this.pass = this.encoder.beginComputePass();
+      this.pass.setPipeline(args.pipeline);
+      this.pass.setBindGroup(0, bindGroup);
+      this.pass.dispatchWorkgroups(x, y, z);
+    }
+    this.batchLabels.push(args.label);
+    this.dispatchCount++;
+    if (this.batchLabels.length >= MAX_BATCH) this.flush();
+  }
+
+  /** Copies bytes between buffers, in order with the recorded dispatches. */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.checkAlive('copy');
+    if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+    this.batchLabels.push('copy');
+  }
+
+  /** Uploads host data. Submits recorded work first, so that work sees the old contents. */
+  write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    this.checkAlive('write');
+    if (this.batchLabels.length) this.flush();
+    let view = data;
+    // writeBuffer with a view over a SharedArrayBuffer fails or segfaults (PLATFORM.md).
+    if (typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer) {
+      view = new Uint8Array(data.byteLength);
+      (view as Uint8Array).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+    const bytes = view.byteLength;
+    const padded = Math.ceil(bytes / 4) * 4;
+    if (padded !== bytes) {
+      const tmp = new Uint8Array(padded);
+      tmp.set(new Uint8Array(view.buffer, view.byteOffset, bytes));
+      view = tmp;
+    }
+    this.gpu.queue.writeBuffer(buffer, offset, view.buffer, view.byteOffset, padded);
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (!this.encoder) return;
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    if (this.uniformUsed) {
+      this.gpu.queue.writeBuffer(this.uniformRing, 0, this.uniformStage.buffer, 0, this.uniformUsed);
+      this.uniformUsed = 0;
+    }
+    this.profiler?.beforeFinish(this.encoder);
+    const cmd = this.encoder.finish();
+    this.encoder = null;
+    this.gpu.queue.submit([cmd]);
+    this.submitCount++;
+    this.batchLabels = [];
+    this.throwPendingError();
+  }
+
+  private throwPendingError(): void {
+    if (this.uncaptured) {
+      const msg = this.uncaptured;
+      this.uncaptured = null;
+      throw new GpuError(`GPU error: ${msg}`);
+    }
+    this.checkAlive('submit');
+  }
+
+  /** Waits until the queue is idle (and surfaces asynchronous errors). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.gpu.queue.onSubmittedWorkDone();
+    this.throwPendingError();
+  }
+
+  /** Reads `bytes` bytes at `offset` of `buffer` back to the host. */
+  async read(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    this.checkAlive('read');
+    const size = Math.ceil(bytes / 4) * 4;
+    const out = new ArrayBuffer(size);
+    const outU8 = new Uint8Array(out);
+    const chunk = 64 * 1024 * 1024;
+    for (let done = 0; done < size; done += chunk) {
+      const n = Math.min(chunk, size - done);
+      const staging = this.takeStaging(n);
+      if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
+      if (this.pass) {
+        this.pass.end();
+        this.pass = null;
+      }
+      this.encoder.copyBufferToBuffer(buffer, offset + done, staging, 0, n);
+      this.batchLabels.push('read');
+      this.flush();
+      try {
+        await staging.mapAsync(GPUMapMode.READ, 0, n);
+      } catch (e) {
+        this.throwPendingError();
+        throw new GpuError(`read of ${n} bytes failed: ${(e as Error).message}`);
+      }
+      outU8.set(new Uint8Array(staging.getMappedRange(0, n)), done);
+      staging.unmap();
+      this.stagingPool.push(staging);
+    }
+    this.throwPendingError();
+    return bytes === size ? out : out.slice(0, bytes);
+  }
+
+  private takeStaging(bytes: number): GPUBuffer {
+    const i = this.stagingPool.findIndex((b) => b.size >= bytes);
+    if (i >= 0) return this.stagingPool.splice(i, 1)[0]!;
+    return this.gpu.createBuffer({ label: 'staging', size: bucketSize(bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  }
+
+  /** Starts timing every dispatch per kernel family (needs timestamp-query). */
+  startProfile(): void {
+    if (!this.features.timestamp) throw new GpuError('profiling needs the adapter feature timestamp-query, which this adapter lacks');
+    this.flush();
+    this.profiler = new Profiler(this.gpu);
+  }
+
+  /** Stops profiling and returns milliseconds per kernel family. */
+  async stopProfile(): Promise<Map<string, { ms: number; count: number }>> {
+    const p = this.profiler;
+    if (!p) throw new GpuError('stopProfile without startProfile');
+    this.flush();
+    this.profiler = null;
+    return p.collect(this);
+  }
+
+  /** Releases the GPU device (the process can then exit). */
+  destroy(): void {
+    try {
+      this.flush();
+    } catch {
+      /* already failing: destroy anyway */
+    }
+    for (const list of this.pool.values()) for (const b of list) b.destroy();
+    this.pool.clear();
+    for (const b of this.stagingPool) b.destroy();
+    this.stagingPool = [];
+    this.gpu.destroy();
+    instance = undefined;
+  }
+}
+
+/** Per-dispatch timestamps, summed per kernel family. */
+class Profiler {
+  private querySets: GPUQuerySet[] = [];
+  private families: string[] = [];
+  private current: GPUQuerySet | null = null;
+  private used = 0;
+  private readonly perSet = 2048;
+  constructor(private gpu: GPUDevice) {}
+
+  record(_dev: Device, encoder: GPUCommandEncoder, args: DispatchArgs, bindGroup: GPUBindGroup, wg: [number, number, number]): void {
+    if (!this.current || this.used + 2 > this.perSet) {
+      this.current = this.gpu.createQuerySet({ type: 'timestamp', count: this.perSet });
+      this.querySets.push(this.current);
+      this.used = 0;
+    }
+    const pass = encoder.beginComputePass({
+      timestampWrites: { querySet: this.current, beginningOfPassWriteIndex: this.used, endOfPassWriteIndex: this.used + 1 },
+    });
+    pass.setPipeline(args.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...wg);
+    pass.end();
+    this.used += 2;
+    this.families.push(args.family ?? args.label.split(/[ (]/)[0]!);
+  }
+
+  beforeFinish(_encoder: GPUCommandEncoder): void {}
+
+  async collect(dev: Device): Promise<Map<string, { ms: number; count: number }>> {
+    const out = new Map<string, { ms: number; count: number }>();
+    let k = 0;
+    for (let s = 0; s < this.querySets.length; s++) {
+      const qs = this.querySets[s]!;
+      const n = s === this.querySets.length - 1 ? this.used : this.perSet;
+      if (n === 0) continue;
+      const resolve = this.gpu.createBuffer({ size: n * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+      const enc = this.gpu.createCommandEncoder();
+      enc.resolveQuerySet(qs, 0, n, resolve, 0);
+      this.gpu.queue.submit([enc.finish()]);
+      const data = new BigUint64Array(await dev.read(resolve, 0, n * 8));
+      resolve.destroy();
+      for (let i = 0; i < n; i += 2) {
+        const fam = this.families[k++]!;
+        const ms = Number(data[i + 1]! - data[i]!) / 1e6;
+        const e = out.get(fam) ?? { ms: 0, count: 0 };
+        e.ms += ms;
+        e.count++;
+        out.set(fam, e);
+      }
+      qs.destroy();
+    }
+    return out;
+  }
+}

@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { Tensor, scope, keep, uniforms } from '../src/tensor/index.js';
+import { getDevice, randn } from './helpers/gpu.js';
+
+const SCALE_WGSL = `
+struct P { n: u32, a: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  if (g.x < p.n) { y[g.x] = x[g.x] * p.a; }
+}`;
+
+describe('device', () => {
+  it('batches many dispatches before one readback and keeps order', async () => {
+    const dev = await getDevice();
+    const pipe = dev.pipeline('test-scale', SCALE_WGSL);
+    const n = 257;
+    const data = randn(n, 1);
+    const submitsBefore = dev.submitCount;
+    let x = Tensor.fromArray(dev, data, [n]);
+    for (let i = 0; i < 100; i++) {
+      const y = Tensor.empty(dev, [n]);
+      dev.dispatch({ label: `scale (${n})`, pipeline: pipe, uniforms: uniforms([['u', n], ['f', 1.01]]), bindings: [x.binding(), y.binding()], workgroups: [Math.ceil(n / 64)] });
+      x.release();
+      x = y;
+    }
+    const out = await x.toArray();
+    // 100 dispatches, one upload and one read: far fewer submits than dispatches.
+    expect(dev.submitCount - submitsBefore).toBeLessThanOrEqual(4);
+    for (let i = 0; i < n; i++) expect(out[i]).toBeCloseTo(data[i]! * 1.01 ** 100, 4);
+    x.release();
+  });
+
+  it('scope releases every intermediate except the result', async () => {
+    const dev = await getDevice();
+    const live0 = dev.liveBytes;
+    const kept = scope(() => {
+      const a = Tensor.zeros(dev, [7, 77]);
+      const b = a.reshape([77, 7]);
+      Tensor.zeros(dev, [4096]);
+      return { b, list: [Tensor.zeros(dev, [1])] };
+    });
+    expect(kept.b.shape).toEqual([77, 7]);
+    expect(dev.liveBytes).toBeGreaterThan(live0);
+    kept.b.release();
+    kept.list[0]!.release();
+    expect(dev.liveBytes).toBe(live0);
+    const w = scope(() => keep(Tensor.zeros(dev, [3])));
+    expect(w.released).toBe(false);
+    w.release();
+    expect(dev.liveBytes).toBe(live0);
+  });
+
+  it('errors clearly on use after release, bad shapes and oversize buffers', async () => {
+    const dev = await getDevice();
+    const t = Tensor.zeros(dev, [5]);
+    t.release();
+    await expect(t.toArray()).rejects.toThrow(/used after release/);
+    expect(() => Tensor.zeros(dev, [2, 3]).reshape([4, 2])).toThrow(/cannot view \(2x3\) as \(4x2\)/);
+    expect(() => Tensor.empty(dev, [2 ** 31, 4])).toThrow(/maxBufferSize/);
+  });
+
+  it('round-trips f16 storage', async () => {
+    const dev = await getDevice();
+    if (!dev.hasF16) return;
+    const data = randn(77, 3);
+    const t = Tensor.fromArray(dev, data, [7, 11], 'f16');
+    const back = await t.toArray();
+    for (let i = 0; i < 77; i++) expect(Math.abs(back[i]! - data[i]!)).toBeLessThan(1e-3);
+    t.release();
+  });
+});
