@@ -1,0 +1,98 @@
+// Loads named weights from a model folder's safetensors file(s) to the GPU, one tensor at
+// a time (never the whole file in host memory), checking each shape against the model.
+import { basename, dirname } from 'node:path';
+import { SafeTensorsFile } from '../io/safetensors.js';
+import { Tensor, keep, type Device, type DType } from '../tensor/index.js';
+
+export interface WeightOptions {
+  /** Storage type of matrix / conv weights: 'f16' halves memory and is faster on lavapipe. */
+  matrixDtype?: DType;
+}
+
+export class WeightLoader {
+  private used = new Set<string>();
+  readonly matrixDtype: DType;
+
+  constructor(
+    readonly dev: Device,
+    readonly file: SafeTensorsFile,
+    readonly path: string,
+    opts: WeightOptions = {},
+  ) {
+    this.matrixDtype = opts.matrixDtype === 'f16' && dev.hasF16 ? 'f16' : 'f32';
+  }
+
+  static open(dev: Device, path: string, opts: WeightOptions = {}): WeightLoader {
+    return new WeightLoader(dev, SafeTensorsFile.open(path), path, opts);
+  }
+
+  /** "unet/diffusion_pytorch_model.safetensors", for messages. */
+  get where(): string {
+    return `${basename(dirname(this.path))}/${basename(this.path)}`;
+  }
+
+  has(name: string): boolean {
+    return this.file.has(name);
+  }
+
+  /** The first of `names` that the file has (for deprecated checkpoint names), or throws. */
+  pick(...names: string[]): string {
+    for (const n of names) if (this.file.has(n)) return n;
+    throw new Error(`${this.where}: missing weight "${names[0]}"${names.length > 1 ? ` (also looked for ${names.slice(1).map((n) => `"${n}"`).join(', ')})` : ''}`);
+  }
+
+  /**
+   * Uploads weight `name`, checking its shape. `kind` 'matrix' stores it in the loader's
+   * matrix dtype (f16 when asked and supported); 'vector' (biases, norms) stays f32.
+   * `viewShape` reinterprets the stored shape (same element count), e.g. 2-D [C, C]
+   * deprecated VAE attention weights used as linear layers.
+   */
+  load(name: string, shape: readonly number[], kind: 'matrix' | 'vector' = 'vector', acceptShapes: readonly (readonly number[])[] = []): Tensor {
+    const info = this.file.has(name) ? this.file.info(name) : null;
+    if (!info) throw new Error(`${this.where}: missing weight "${name}" (expected shape [${shape.join(', ')}])`);
+    const ok = [shape, ...acceptShapes].some((s) => s.length === info.shape.length && s.every((d, i) => d === info.shape[i]));
+    if (!ok) {
+      throw new Error(`${this.where}: weight "${name}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+    if (info.dtype === 'I64') throw new Error(`${this.where}: weight "${name}" is I64, expected a float tensor`);
+    this.used.add(name);
+    const dtype = kind === 'matrix' ? this.matrixDtype : 'f32';
+    const t =
+      dtype === 'f16'
+        ? Tensor.fromF16Bits(this.dev, this.file.readF16Bits(name), shape)
+        : Tensor.fromArray(this.dev, this.file.readF32(name), shape, 'f32');
+    return keep(t);
+  }
+
+  /** Loads `name` if present, else undefined. */
+  maybe(name: string, shape: readonly number[], kind: 'matrix' | 'vector' = 'vector'): Tensor | undefined {
+    return this.file.has(name) ? this.load(name, shape, kind) : undefined;
+  }
+
+  /** Float tensors of the file that the model never loaded (ignoring known buffers). */
+  unused(): string[] {
+    return this.file.names().filter((n) => !this.used.has(n) && !n.endsWith('position_ids'));
+  }
+
+  close(): void {
+    this.file.close();
+  }
+}
+
+/** Reads a config key with a default; `check` validates and names the key on failure. */
+export function cfg<T>(config: Record<string, unknown>, key: string, def: T, where: string, check?: (v: unknown) => boolean): T {
+  const v = config[key];
+  if (v === undefined || v === null) return def;
+  if (check && !check(v)) throw new Error(`${where}: unsupported value for "${key}": ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+export const isNum = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v);
+export const isInt = (v: unknown): boolean => Number.isInteger(v);
+export const isBool = (v: unknown): boolean => typeof v === 'boolean';
+export const isIntList = (v: unknown): boolean => Array.isArray(v) && v.every((x) => Number.isInteger(x));
+export const isStrList = (v: unknown): boolean => Array.isArray(v) && v.every((x) => typeof x === 'string');
+export const oneOf =
+  (...vals: unknown[]) =>
+  (v: unknown): boolean =>
+    vals.includes(v);
