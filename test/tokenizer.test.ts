@@ -80,3 +80,24 @@ describe('CLIPTokenizer details', () => {
     expect(() => CLIPTokenizer.fromFolder(dir)).toThrow(`${path.join(dir, 'vocab.json')}: invalid JSON`);
   });
 });
+
+describe('clip-tiny tokenizer', () => {
+  it('gives the ids of clip.safetensors (padded to the longest prompt with 49407)', async () => {
+    const { SafeTensorsFile } = await import('../src/io/safetensors.ts');
+    const dir = path.join(ROOT, 'test/fixtures/clip-tiny');
+    const tok = CLIPTokenizer.fromFolder(dir);
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'references/clip.json'), 'utf8')) as { prompts: string[] };
+    const st = SafeTensorsFile.open(path.join(dir, 'references/clip.safetensors'));
+    const [n, len] = st.info('input_ids').shape as [number, number];
+    const ids = st.readI64('input_ids');
+    const mask = st.readI64('attention_mask');
+    st.close();
+    expect(n).toBe(meta.prompts.length);
+    meta.prompts.forEach((p, i) => {
+      const enc = tok.encode(p);
+      const padded = [...enc, ...new Array<number>(len - enc.length).fill(tok.padId)];
+      expect(ids.slice(i * len, (i + 1) * len)).toEqual(padded);
+      expect(mask.slice(i * len, (i + 1) * len)).toEqual(padded.map((_, j) => (j < enc.length ? 1 : 0)));
+    });
+  });
+});
