@@ -109,7 +109,7 @@ export function checkSelfWeightSums(rows: readonly (readonly number[])[], option
  */
 export function applySelf(layers: readonly LayerMap[], rowWeights: readonly (readonly number[])[], c: Float64Array): Float64Array {
   const R = layers[0]!.res;
-  let v = c;
+  let v: Float64Array = c;
   for (const wrow of rowWeights) {
     const wsum = wrow.reduce((a, b) => a + b, 0);
     const next = new Float64Array(R * R);
@@ -166,7 +166,7 @@ export function buildSelf(layers: readonly LayerMap[], rowWeights: readonly (rea
     if (wsum === 0) M.fill(NaN);
     return M;
   });
-  let S = mats[0]!;
+  let S: Float64Array = mats[0]!;
   for (let j = 1; j < mats.length; j++) S = matmulSquare(mats[j]!, S, N);
   return Float32Array.from(S);
 }

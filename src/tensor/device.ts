@@ -154,6 +154,16 @@ export class Device {
     return instance;
   }
 
+  /** The device if one was created (and creation finished), without creating one. */
+  static async peek(): Promise<Device | undefined> {
+    if (!instance) return undefined;
+    try {
+      return await instance;
+    } catch {
+      return undefined;
+    }
+  }
+
   private static async create(): Promise<Device> {
     Object.assign(globalThis, globals);
     gpuRoot ??= create([]);

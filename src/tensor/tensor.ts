@@ -233,6 +233,15 @@ export class Tensor {
     return f16BitsToF32(new Uint16Array(raw, 0, this.numel));
   }
 
+  /** Reads the values back (as toArray) and releases the tensor. */
+  async toArrayAndRelease(): Promise<Float32Array> {
+    try {
+      return await this.toArray();
+    } finally {
+      this.release();
+    }
+  }
+
   /** Reads raw f16 bits back (f16 tensors only). */
   async toF16Bits(): Promise<Uint16Array> {
     if (this.dtype !== 'f16') throw new GpuError(`toF16Bits on a ${this.dtype} tensor`);
