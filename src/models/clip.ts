@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { readJsonConfig } from '../io/modelFolder.js';
 import { attention, embedding, layerNorm, linear, add } from '../kernels/index.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
-import { WeightLoader, cfg, isInt, isNum, oneOf, type WeightOptions } from './weights.js';
+import { WeightLoader, cfg, type WeightSource, isInt, isNum, oneOf, type WeightOptions } from './weights.js';
 import { findWeightFile } from '../io/modelFolder.js';
 
 export interface ClipTextConfig {
@@ -95,7 +95,7 @@ export class ClipTextModel {
     }
   }
 
-  static fromWeights(dev: Device, config: ClipTextConfig, w: WeightLoader, prefix: string, projectionName: string): ClipTextModel {
+  static fromWeights(dev: Device, config: ClipTextConfig, w: WeightSource, prefix: string, projectionName: string): ClipTextModel {
     const H = config.hiddenSize;
     const F = config.intermediateSize;
     const ln = (p: string): LN => ({ weight: w.load(`${p}.weight`, [H]), bias: w.load(`${p}.bias`, [H]) });

@@ -6,7 +6,7 @@ import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
 import { add, attention, concat, conv2d, geglu, groupNorm, layerNorm, linear, permute, unary, upsampleNearest2x } from '../kernels/index.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
 import type { AttentionStore } from './attentionStore.js';
-import { WeightLoader, cfg, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
+import { WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
 export interface UNetConfig {
   sampleSize: number;
@@ -229,13 +229,13 @@ export class UNet2DConditionModel {
   }
 
   /** Builds the model with the given weights source (checkpoint or random benchmark weights). */
-  static fromWeights(dev: Device, config: UNetConfig, w: WeightLoader): UNet2DConditionModel {
+  static fromWeights(dev: Device, config: UNetConfig, w: WeightSource): UNet2DConditionModel {
     const m = new UNet2DConditionModel(dev, config);
     m.loadWeights(w);
     return m;
   }
 
-  private loadWeights(w: WeightLoader): void {
+  private loadWeights(w: WeightSource): void {
     const c = this.config;
     const ch = c.blockOutChannels;
     const temb = ch[0]! * 4;
@@ -378,10 +378,10 @@ export class UNet2DConditionModel {
       let temb = linear(linear(tproj, W.time1.weight, W.time1.bias, { act: 'silu' }), W.time2.weight, W.time2.bias);
       if (W.add1 && W.add2) temb = add(temb, this.addedEmbedding(inp, B));
       const tembAct = unary(temb, 'silu');
-      const ctx = ehs.shape[0] === B ? ehs : ehs; // (1, L, D) broadcast is handled by attention via batch stride
+      const ctx = ehs.shape[0] === B ? ehs : concat(Array<Tensor>(B).fill(ehs), 0); // (B, L, D)
       let x = conv2d(sample, W.convIn.weight, { bias: W.convIn.bias, padding: 1 });
       const skips: Tensor[] = [x];
-      W.down.forEach((blk, i) => {
+      W.down.forEach((blk) => {
         blk.resnets.forEach((r, j) => {
           x = this.resnet(x, tembAct, r);
           const at = blk.attentions[j];
@@ -392,7 +392,6 @@ export class UNet2DConditionModel {
           x = conv2d(x, blk.downsample.weight, { bias: blk.downsample.bias, stride: 2, padding: c.downsamplePadding });
           skips.push(x);
         }
-        void i;
       });
       if (W.mid) {
         x = this.resnet(x, tembAct, W.mid.resnets[0]!);
@@ -458,7 +457,7 @@ export class UNet2DConditionModel {
       hs = conv2d(hs, t.projIn.weight, { bias: t.projIn.bias });
       hs = permute(hs.reshape([B, C, N]), [0, 2, 1]); // (B, N, C)
     }
-    const ctxB = ctx.shape[0] === B ? ctx : concat(Array(B).fill(ctx), 0);
+    const ctxB = ctx;
     t.blocks.forEach((b, k) => {
       const name = `${t.name}.transformer_blocks.${k}`;
       // Self-attention (attn1), then cross-attention (attn2), then GEGLU feed-forward.

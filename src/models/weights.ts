@@ -9,7 +9,69 @@ export interface WeightOptions {
   matrixDtype?: DType;
 }
 
-export class WeightLoader {
+/** Where a model takes its named weights from (a checkpoint file, or random for benchmarks). */
+export interface WeightSource {
+  readonly where: string;
+  has(name: string): boolean;
+  pick(...names: string[]): string;
+  load(name: string, shape: readonly number[], kind?: 'matrix' | 'vector', acceptShapes?: readonly (readonly number[])[]): Tensor;
+  maybe(name: string, shape: readonly number[], kind?: 'matrix' | 'vector'): Tensor | undefined;
+}
+
+/**
+ * Seeded random weights of any requested name and shape, for full-size benchmarks without
+ * a checkpoint: uniform in +-1/sqrt(fan_in) for matrices (activations stay finite), ones
+ * for norm scales, small values for biases.
+ */
+export class RandomWeights implements WeightSource {
+  readonly where = 'random weights';
+  private state: number;
+  readonly matrixDtype: DType;
+  bytes = 0;
+
+  constructor(
+    readonly dev: Device,
+    opts: WeightOptions & { seed?: number } = {},
+  ) {
+    this.state = opts.seed ?? 1234;
+    this.matrixDtype = opts.matrixDtype === 'f16' && dev.hasF16 ? 'f16' : 'f32';
+  }
+
+  has(): boolean {
+    return true;
+  }
+
+  pick(...names: string[]): string {
+    return names[0]!;
+  }
+
+  private fill(n: number, scale: number, offset: number): Float32Array {
+    const out = new Float32Array(n);
+    let a = this.state;
+    for (let i = 0; i < n; i++) {
+      a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+      out[i] = offset + ((a / 4294967296) * 2 - 1) * scale;
+    }
+    this.state = a;
+    return out;
+  }
+
+  load(name: string, shape: readonly number[], kind: 'matrix' | 'vector' = 'vector'): Tensor {
+    const n = shape.reduce((x, y) => x * y, 1);
+    const isNormScale = kind === 'vector' && /norm|layer_norm|ln_/.test(name) && name.endsWith('weight');
+    const fanIn = shape.length > 1 ? n / shape[0]! : 1;
+    const data = kind === 'matrix' ? this.fill(n, 1 / Math.sqrt(fanIn), 0) : isNormScale ? this.fill(n, 0, 1) : this.fill(n, 0.01, 0);
+    const dtype = kind === 'matrix' ? this.matrixDtype : 'f32';
+    this.bytes += n * (dtype === 'f16' ? 2 : 4);
+    return keep(Tensor.fromArray(this.dev, data, shape, dtype));
+  }
+
+  maybe(name: string, shape: readonly number[], kind: 'matrix' | 'vector' = 'vector'): Tensor | undefined {
+    return this.load(name, shape, kind);
+  }
+}
+
+export class WeightLoader implements WeightSource {
   private used = new Set<string>();
   readonly matrixDtype: DType;
 

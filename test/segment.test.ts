@@ -1,0 +1,83 @@
+// The method end to end against the reference code's own run (golden elbo/ data of both
+// public pipelines, every variant), with the reference's noise injected.
+import { describe, expect, it } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { readImageRGB, readPngRaw } from '../src/io/image.js';
+import { applyOverrides, defaultConfig } from '../src/elbo/config.js';
+import { toU8 } from '../src/elbo/interp.js';
+import { segmentImage, type SegmentResult } from '../src/elbo/segment.js';
+import { StableDiffusionPipeline } from '../src/models/pipeline.js';
+import { getDevice, maxAbsDiff } from './helpers/gpu.js';
+import { PIPELINES, golden, relErr } from './helpers/golden.js';
+
+const VARIANTS: [keyof typeof PIPELINES, string][] = [
+  ['sd15-tiny', 'defaults-small'],
+  ['sd15-tiny', 'template-small'],
+  ['sd21-tiny', 'defaults-small'],
+  ['sd21-tiny', 'template-small'],
+  ['sd21-tiny', 'defaults-full'],
+];
+
+const pipes = new Map<string, Promise<StableDiffusionPipeline>>();
+async function pipeline(name: keyof typeof PIPELINES): Promise<StableDiffusionPipeline> {
+  let p = pipes.get(name);
+  if (!p) pipes.set(name, (p = getDevice().then((dev) => StableDiffusionPipeline.load(dev, PIPELINES[name].dir))));
+  return p;
+}
+
+describe.each(VARIANTS)('segmentation %s %s', (name, variant) => {
+  const dir = `${PIPELINES[name].elbo}/${variant}`;
+  const meta = JSON.parse(readFileSync(`${dir}/elbo.json`, 'utf8')) as {
+    config: Record<string, unknown>;
+    classes: { class: string; token_positions: number[] }[];
+    self_att_stored_in: string;
+  };
+  let result: SegmentResult;
+
+  it('runs with the reference noise injected', async () => {
+    const ref = golden(`${dir}/elbo.safetensors`);
+    const pipe = await pipeline(name);
+    const c = meta.config;
+    const config = applyOverrides(defaultConfig(), [
+      `elbo_timesteps=${JSON.stringify(c.elbo_timesteps)}`,
+      `collect_timesteps=${JSON.stringify(c.collect_timesteps)}`,
+      `elbo_strength=${c.elbo_strength}`,
+      `cross_gaussian_var=${c.cross_gaussian_var}`,
+    ]);
+    const image = await readImageRGB('test/fixtures/common/test_image.png');
+    result = await segmentImage(pipe, image, meta.classes.map((k) => k.class), {
+      config,
+      noise: { elbo: ref.readF32('elbo_noise'), collect: ref.readF32('collect_noise') },
+      wantSelfMatrix: meta.self_att_stored_in === 'elbo.safetensors',
+      maxBatch: 3,
+    });
+    expect(result.classes.map((k) => k.positions)).toEqual(meta.classes.map((k) => k.token_positions));
+  });
+
+  it('z_source, ELBO losses, normalized ELBO and temperatures agree', () => {
+    const ref = golden(`${dir}/elbo.safetensors`);
+    expect(relErr(result.zSource, ref.readF32('z_source'))).toBeLessThan(1e-4);
+    const losses = Float32Array.from(result.classes.flatMap((k) => k.losses));
+    expect(relErr(losses, ref.readF32('elbo_losses'))).toBeLessThan(1e-3);
+    expect(relErr(result.classes.map((k) => k.loss), ref.readF32('elbo'))).toBeLessThan(1e-3);
+    // Normalisation divides by (max - min): small loss differences are amplified.
+    expect(maxAbsDiff(result.classes.map((k) => k.normalizedElbo), ref.readF32('elbo_min_max'))).toBeLessThan(2e-3);
+    expect(maxAbsDiff(result.classes.map((k) => k.temperature), ref.readF32('temperature'))).toBeLessThan(5e-3);
+  });
+
+  it('cross attention, self attention, masks and heatmap PNGs agree', () => {
+    const ref = golden(`${dir}/elbo.safetensors`);
+    if (result.selfAtt) expect(relErr(result.selfAtt, ref.readF32('self_att'))).toBeLessThan(1e-3);
+    result.classes.forEach((k, i) => {
+      expect(relErr(k.crossAtt, ref.readF32(`cross_att.${i}`)), `cross_att.${i}`).toBeLessThan(1e-3);
+      expect(maxAbsDiff(k.crossTempered, ref.readF32(`cross_att_tempered.${i}`)), `cross_att_tempered.${i}`).toBeLessThan(5e-3);
+      expect(relErr(k.maskLowres, ref.readF32(`mask_lowres.${i}`)), `mask_lowres.${i}`).toBeLessThan(5e-3);
+      expect(maxAbsDiff(k.mask, ref.readF32(`mask.${i}`)), `mask.${i}`).toBeLessThan(0.5);
+      const png = readPngRaw(`${dir}/heatmap_${i}.png`);
+      expect(maxAbsDiff(toU8(k.mask), png.data), `heatmap_${i}.png`).toBeLessThanOrEqual(1);
+      if (existsSync(`${dir}/cross_att_${i}.png`)) {
+        expect(maxAbsDiff(toU8(k.crossImage), readPngRaw(`${dir}/cross_att_${i}.png`).data), `cross_att_${i}.png`).toBeLessThanOrEqual(1);
+      }
+    });
+  });
+});

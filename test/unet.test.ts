@@ -1,0 +1,44 @@
+// UNet noise prediction and every attention map vs diffusers + the reference's attention
+// processor (golden unet references: square, non-square and batch-2 cases).
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { AttentionStore } from '../src/models/attentionStore.js';
+import { UNet2DConditionModel } from '../src/models/unet.js';
+import { Tensor } from '../src/tensor/index.js';
+import { getDevice } from './helpers/gpu.js';
+import { PIPELINES, golden, relErr } from './helpers/golden.js';
+
+interface Case {
+  name: string;
+  timesteps: number[];
+  self_layers: { module: string; tensor: string; h: number; w: number }[];
+  cross_layers: { module: string; tensor: string; h: number; w: number }[];
+}
+
+describe.each(Object.entries(PIPELINES))('UNet %s', (_, p) => {
+  const cases = (JSON.parse(readFileSync(`${p.refs}/unet.json`, 'utf8')) as { cases: Case[] }).cases;
+  it.each(cases.map((c) => [c.name, c] as const))('%s: noise_pred and attention maps (1e-4 relative)', async (_n, c) => {
+    const dev = await getDevice();
+    const ref = golden(`${p.refs}/unet.safetensors`);
+    const unet = await UNet2DConditionModel.load(dev, `${p.dir}/unet`);
+    const lat = ref.info(`${c.name}.latent`).shape;
+    const ehs = ref.info(`${c.name}.encoder_hidden_states`).shape;
+    const store = new AttentionStore(dev, true);
+    const out = unet.forward({
+      sample: Tensor.fromArray(dev, ref.readF32(`${c.name}.latent`), lat),
+      timesteps: ref.readI64(`${c.name}.timesteps`),
+      encoderHiddenStates: Tensor.fromArray(dev, ref.readF32(`${c.name}.encoder_hidden_states`), ehs),
+      store,
+    });
+    expect(relErr(await out.toArray(), ref.readF32(`${c.name}.noise_pred`))).toBeLessThan(1e-4);
+    expect(store.self.map((l) => l.name)).toEqual(c.self_layers.map((l) => l.module));
+    expect(store.cross.map((l) => l.name)).toEqual(c.cross_layers.map((l) => l.module));
+    for (const [list, refs] of [[store.self, c.self_layers], [store.cross, c.cross_layers]] as const) {
+      for (let i = 0; i < list.length; i++) {
+        expect([list[i]!.h, list[i]!.w]).toEqual([refs[i]!.h, refs[i]!.w]);
+        expect(relErr(await list[i]!.sum.toArray(), ref.readF32(refs[i]!.tensor)), refs[i]!.tensor).toBeLessThan(2e-4);
+      }
+    }
+    store.reset();
+  });
+});
