@@ -37,6 +37,8 @@ export interface SegmentOptions {
   config: SegmentConfig;
   /** Reference noise to inject; otherwise drawn from config.seed. */
   noise?: SegmentNoise;
+  /** ELBO prompt per class (elbo_text.type "file": "a photo of <phrase>"); default elbo_text.prompt. */
+  elboTexts?: readonly string[];
   /** Normalised ELBO per class (the elbo_path file's entry for this image). */
   normalizedElbo?: Record<string, number>;
   /** Build the full (N, N) self-attention operator (for --dump). */
@@ -209,7 +211,8 @@ export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRG
     });
     temperature = normalized.map((n) => f32(f32(cfg.elbo_strength) ** n));
   } else {
-    const prompts = classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
+    if (opts.elboTexts && opts.elboTexts.length !== classes.length) throw new Error(`segment: ${opts.elboTexts.length} ELBO prompts for ${classes.length} classes`);
+    const prompts = opts.elboTexts ? [...opts.elboTexts] : classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
     const embs = prompts.map((p) => pipe.encodePrompt(p));
     lossSum.fill(0);
     const total = elboTimesteps.length * K;
