@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { SafeTensorsFile } from '../src/io/safetensors.ts';
+import { SafeTensorsFile } from '../src/io/safetensors.js';
 import {
   PromptSyntaxError,
   applyPromptWeights,
@@ -22,7 +22,7 @@ import {
   pythonFloatRepr,
   type FragmentTokenizer,
   type WeightedFragment,
-} from '../src/elbo/promptWeighting.ts';
+} from '../src/elbo/promptWeighting.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const fixture = (p: string): string => `${root}test/fixtures/${p}`;
