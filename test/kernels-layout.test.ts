@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { concat, permute, slice, transpose } from '../src/kernels/layout.js';
+import { concat, layoutVariants, permute, slice, transpose } from '../src/kernels/layout.js';
 import { setWindowLimitForTests } from '../src/kernels/elementwise.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { prod, unravel } from './helpers/cpuref.js';
@@ -52,11 +52,18 @@ async function checkAll(windowed: boolean): Promise<void> {
     [[2, 3, 4, 5, 6, 7], [5, 4, 3, 2, 1, 0]],
     [[2, 3, 5, 7], [0, 2, 3, 1]],
     [[3, 1, 7], [2, 0, 1]],
+    [[2, 8, 12], [0, 2, 1]], // batched 2-D transposes: the tile kernel
+    [[2, 4, 6, 8], [0, 2, 3, 1]],
+    [[2, 48, 4], [0, 2, 1]],
+    [[16, 20], [1, 0]],
+    [[2, 77, 8, 40], [0, 2, 1, 3]], // contiguous last dim: strided vec4
   ] as [number[], number[]][]) {
     const xs = randn(prod(shape), seed++);
-    const out = permute(Tensor.fromArray(dev, xs, shape), dims);
-    expect(out.shape).toEqual(dims.map((d) => shape[d]));
-    expect(Array.from(await out.toArray())).toEqual(Array.from(permuteRef(xs, shape, dims)));
+    for (const variant of layoutVariants()) {
+      const out = permute(Tensor.fromArray(dev, xs, shape), dims, { variant });
+      expect(out.shape).toEqual(dims.map((d) => shape[d]));
+      expect(Array.from(await out.toArray())).toEqual(Array.from(permuteRef(xs, shape, dims)));
+    }
   }
   const tx = randn(2 * 77 * 9, seed++);
   const t = transpose(Tensor.fromArray(dev, tx, [2, 77, 9]), -1, 1);
@@ -68,6 +75,7 @@ async function checkAll(windowed: boolean): Promise<void> {
     [[4, 77, 2 * 33], 2, 33, 66],
     [[257], 0, 1, 256],
     [[3, 5], 1, 0, 0],
+    [[100, 10, 7], 1, 3, 8], // > 64 runs: the strided kernel
   ] as [number[], number, number, number][]) {
     const xs = randn(prod(shape), seed++);
     const out = slice(Tensor.fromArray(dev, xs, shape), axis, s, e);
@@ -79,6 +87,7 @@ async function checkAll(windowed: boolean): Promise<void> {
     [[[3, 7], [3, 1], [3, 77]], 1],
     [[[1, 7], [2, 7]], 0],
     [[[2, 5, 3], [2, 5, 1]], 2],
+    [[[70, 3, 4], [70, 5, 4]], 1], // > 64 runs: the strided kernel
   ] as [number[][], number][]) {
     const xs = shapes.map((s) => randn(prod(s), seed++));
     const out = concat(xs.map((x, j) => Tensor.fromArray(dev, x, shapes[j]!)), axis);

@@ -159,7 +159,12 @@ export function collapseDims(dims: readonly number[], strideSets: readonly (read
 
 export type UnaryOp = 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu' | 'exp' | 'sqrt' | 'neg' | 'abs' | 'sigmoid' | 'tanh' | 'relu' | 'square' | 'log';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
-export type ElementwiseVariant = 'naive' | 'vec4';
+/**
+ * 'naive': the strided kernel, one element per invocation; 'strided4': the strided kernel
+ * with four outputs per invocation where the innermost dim allows; 'vec4': the contiguous
+ * same-shape kernel (other shapes fall back to 'strided4'). Default: the fastest that fits.
+ */
+export type ElementwiseVariant = 'naive' | 'strided4' | 'vec4';
 
 const UNARY_EXPR: Record<UnaryOp, string> = {
   silu: 'x * sigmoid_f(x)',
@@ -195,27 +200,62 @@ function wgSize(dev: Device): number {
 
 /** Names of the elementwise kernel variants (for `doctor` and tests). */
 export function elementwiseVariants(): ElementwiseVariant[] {
-  return ['naive', 'vec4'];
+  return ['naive', 'strided4', 'vec4'];
 }
 
-function inputDecl(name: string, binding: number, dtype: DType): string {
-  if (dtype === 'f32') {
-    return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<f32>;\nfn ld_${name}(i: u32) -> f32 { return ${name}[i]; }`;
+/** How the kernel reads an operand: scalar f32, packed f16, vec4 of f32, or one f32 splat to vec4. */
+type ReadMode = 'f32' | 'f16' | 'vec' | 'splat';
+
+function inputDecl(name: string, binding: number, mode: ReadMode): string {
+  const v = `@group(0) @binding(${binding}) var<storage, read> ${name}`;
+  switch (mode) {
+    case 'f32':
+      return `${v}: array<f32>;\nfn ld_${name}(i: u32) -> f32 { return ${name}[i]; }`;
+    case 'f16':
+      return `${v}: array<u32>;\nfn ld_${name}(i: u32) -> f32 { return unpack2x16float(${name}[i >> 1u])[i & 1u]; }`;
+    case 'vec':
+      return `${v}: array<vec4<f32>>;\nfn ld_${name}(i: u32) -> vec4<f32> { return ${name}[i]; }`;
+    case 'splat':
+      return `${v}: array<f32>;\nfn ld_${name}(i: u32) -> vec4<f32> { return vec4<f32>(${name}[i]); }`;
   }
-  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<u32>;\nfn ld_${name}(i: u32) -> f32 { return unpack2x16float(${name}[i >> 1u])[i & 1u]; }`;
 }
 
-function stridedPipeline(dev: Device, expr: string, ta: DType, tb: DType | null): GPUComputePipeline {
+/** Index code unrolled for `rank` dims: one div/mod per dim but the outermost. */
+function indexCode(rank: number, names: readonly string[]): string {
+  const f = (k: number): string => `[${k >> 2}].${'xyzw'[k & 3]}`;
+  const lines: string[] = [];
+  if (rank === 1) lines.push('  let i0 = i;');
+  else {
+    lines.push('  var rem = i;');
+    for (let k = rank - 1; k >= 1; k--) lines.push(`  let i${k} = rem % p.dims${f(k)}; rem = rem / p.dims${f(k)};`);
+    lines.push('  let i0 = rem;');
+  }
+  for (const nm of names) {
+    const terms = [...Array(rank).keys()].map((k) => `i${k} * p.s${nm}${f(k)}`);
+    lines.push(`  let i${nm} = p.b${nm} + ${terms.join(' + ')};`);
+  }
+  return lines.join('\n');
+}
+
+function stridedPipeline(dev: Device, expr: string, rank: number, ma: ReadMode, mb: ReadMode | null, vec: boolean): GPUComputePipeline {
   const wg = wgSize(dev);
-  const key = `elementwise/strided/${ta}/${tb ?? '-'}/${wg}/${expr}`;
+  const key = `elementwise/strided/${rank}/${ma}/${mb ?? '-'}/${vec ? 'v' : 's'}/${wg}/${expr}`;
+  const outBinding = mb ? 3 : 2;
+  const body = vec
+    ? `  let x = ld_a(ia);\n  let y = ${mb ? 'ld_b(ib)' : 'vec4<f32>(0.0)'};\n  o[io] = vec4<f32>(op(x.x, y.x), op(x.y, y.y), op(x.z, y.z), op(x.w, y.w));`
+    : `  o[io] = op(ld_a(ia), ${mb ? 'ld_b(ib)' : '0.0'});`;
   return dev.pipeline(key, () =>
     loadShader('elementwise_funcs') +
     fillTemplate(loadShader('elementwise'), {
-      DECL: inputDecl('a', 1, ta) + (tb ? '\n' + inputDecl('b', 2, tb) : ''),
-      OUT_BINDING: tb ? 3 : 2,
+      DECL: [
+        inputDecl('a', 1, ma),
+        ...(mb ? [inputDecl('b', 2, mb)] : []),
+        `@group(0) @binding(${outBinding}) var<storage, read_write> o: array<${vec ? 'vec4<f32>' : 'f32'}>;`,
+      ].join('\n'),
       OP: expr,
       WG: wg,
-      LOAD_B: tb ? 'ld_b(ib)' : '0.0',
+      INDEX: indexCode(rank, mb ? ['o', 'a', 'b'] : ['o', 'a']),
+      BODY: body,
     }),
   );
 }
@@ -243,7 +283,9 @@ function padTo8(v: readonly number[], fill: number): number[] {
 
 /**
  * Records out[idx] = expr(a[idx], b[idx]) over `domain` with per-operand strides (the
- * generic kernel). `out` is always f32. Max 6 domain dims after collapsing.
+ * generic kernel). `out` is always f32. Max 6 domain dims after collapsing. With `vec`
+ * (default), an innermost dim that is contiguous or broadcast everywhere and a multiple
+ * of 4 runs four outputs per invocation.
  */
 export function stridedMap(
   label: string,
@@ -253,24 +295,44 @@ export function stridedMap(
   a: MapOperand,
   b: MapOperand | null,
   scalars: readonly [number, number] = [0, 0],
+  vec = true,
 ): void {
   const dev = out.tensor.device;
   if (out.tensor.dtype !== 'f32') throw new GpuError(`${label}: output dtype ${out.tensor.dtype} is not supported (f32 only)`);
   const ops = b ? [out, a, b] : [out, a];
   const col = collapseDims(domain, ops.map((o) => o.strides));
-  if (col.dims.length > 6) throw new GpuError(`${label}: more than 6 non-mergeable dims (${shapeStr(domain)})`);
+  const rank = col.dims.length;
+  if (rank > 6) throw new GpuError(`${label}: more than 6 non-mergeable dims (${shapeStr(domain)})`);
   const cops: MapOperand[] = ops.map((o, i) => ({ ...o, strides: col.strides[i]! }));
-  const pipeline = stridedPipeline(dev, expr, a.tensor.dtype, b ? b.tensor.dtype : null);
+  // Read modes per operand in the vec4 form: 'vec' needs every stride and the base % 4 == 0.
+  const last = rank - 1;
+  const useVec =
+    vec &&
+    col.dims[last]! % 4 === 0 &&
+    cops[0]!.strides[last] === 1 &&
+    cops.every((o) => o.tensor.dtype === 'f32' && (o.strides[last] === 0 || (o.strides[last] === 1 && o.strides.every((st, k) => k === last || st % 4 === 0) && (o.base ?? 0) % 4 === 0)));
+  const modes: ReadMode[] = cops.map((o) => (useVec ? (o.strides[last] === 1 ? 'vec' : 'splat') : o.tensor.dtype));
+  const pipeline = stridedPipeline(dev, expr, rank, modes[1]!, b ? modes[2]! : null, useVec);
   const wg = wgSize(dev);
-  for (const ch of planChunks(label, dev, col.dims, cops)) {
-    const [nx, ny] = grid1d(Math.ceil(ch.numel / wg));
+  for (const ch of planChunks(label, dev, col.dims, cops, useVec ? 4 : 1)) {
+    let dims = ch.dims;
+    let strides = cops.map((o) => o.strides);
+    let bases = ch.bases;
+    let n = ch.numel;
+    if (useVec) {
+      dims = dims.map((d, k) => (k === last ? d / 4 : d));
+      strides = cops.map((o, j) => (modes[j] === 'vec' ? o.strides.map((st, k) => (k === last ? 1 : st / 4)) : o.strides));
+      bases = bases.map((bs, j) => (modes[j] === 'vec' ? bs / 4 : bs));
+      n /= 4;
+    }
+    const [nx, ny] = grid1d(Math.ceil(n / wg));
     const u = uniforms([
-      ['u', ch.numel], ['u', nx], ['u', ch.dims.length], ['u', ch.bases[0]!],
-      ['u', ch.bases[1]!], ['u', ch.bases[2] ?? 0], ['f', scalars[0]], ['f', scalars[1]],
-      ...padTo8(ch.dims, 1).map((v) => ['u', v] as const),
-      ...padTo8(cops[0]!.strides, 0).map((v) => ['u', v] as const),
-      ...padTo8(cops[1]!.strides, 0).map((v) => ['u', v] as const),
-      ...padTo8(cops[2]?.strides ?? [], 0).map((v) => ['u', v] as const),
+      ['u', n], ['u', nx], ['u', rank], ['u', bases[0]!],
+      ['u', bases[1]!], ['u', bases[2] ?? 0], ['f', scalars[0]], ['f', scalars[1]],
+      ...padTo8(dims, 1).map((v) => ['u', v] as const),
+      ...padTo8(strides[0]!, 0).map((v) => ['u', v] as const),
+      ...padTo8(strides[1]!, 0).map((v) => ['u', v] as const),
+      ...padTo8(strides[2] ?? [], 0).map((v) => ['u', v] as const),
     ]);
     // Shader bindings: inputs first, then the output.
     const bindings = [...ch.windows.slice(1), ch.windows[0]!];
@@ -303,9 +365,9 @@ function vec4Ok(ts: readonly Tensor[]): boolean {
   return ts.every((t) => t.dtype === 'f32') && ts[0]!.numel % 4 === 0;
 }
 
-function pickVariant(dev: Device, variant: ElementwiseVariant | undefined, vec4Possible: boolean): ElementwiseVariant {
-  if (variant === 'vec4' && !vec4Possible) return 'naive';
-  return variant ?? (vec4Possible ? 'vec4' : 'naive');
+function pickVariant(variant: ElementwiseVariant | undefined, vec4Possible: boolean): ElementwiseVariant {
+  if ((variant === undefined || variant === 'vec4') && vec4Possible) return 'vec4';
+  return variant === 'naive' ? 'naive' : 'strided4';
 }
 
 function checkDtype(op: string, t: Tensor): void {
@@ -319,8 +381,9 @@ function mapUnary(label: string, expr: string, x: Tensor, scalars: readonly [num
   const out = Tensor.empty(dev, x.shape, 'f32');
   if (x.numel === 0) return out;
   const lbl = `${label} ${shapeStr(x.shape)}`;
-  if (pickVariant(dev, variant, vec4Ok([x])) === 'vec4') vec4Map(lbl, expr, out, x, null, scalars);
-  else stridedMap(lbl, expr, [x.numel], { tensor: out, strides: [1] }, { tensor: x, strides: [1] }, null, scalars);
+  const v = pickVariant(variant, vec4Ok([x]));
+  if (v === 'vec4') vec4Map(lbl, expr, out, x, null, scalars);
+  else stridedMap(lbl, expr, [x.numel], { tensor: out, strides: [1] }, { tensor: x, strides: [1] }, null, scalars, v === 'strided4');
   return out;
 }
 
@@ -354,7 +417,8 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor, opts: { variant?: Ele
   if (out.numel === 0) return out;
   const label = `${op} ${shapeStr(a.shape)},${shapeStr(b.shape)}`;
   const same = a.numel === out.numel && b.numel === out.numel;
-  if (same && pickVariant(dev, opts.variant, vec4Ok([a, b])) === 'vec4') {
+  const v = pickVariant(opts.variant, same && vec4Ok([a, b]));
+  if (v === 'vec4') {
     vec4Map(label, BINARY_EXPR[op], out, a, b, [0, 0]);
   } else {
     stridedMap(
@@ -364,6 +428,8 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor, opts: { variant?: Ele
       { tensor: out, strides: contiguousStrides(shape) },
       { tensor: a, strides: broadcastStrides(a.shape, shape) },
       { tensor: b, strides: broadcastStrides(b.shape, shape) },
+      [0, 0],
+      v === 'strided4',
     );
   }
   return out;
