@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16 } from '../src/tensor/index.js';
 import {
-  add, affine, binary, cast, copy, div, elementwiseVariants, geglu, mul, mulScalar, addScalar, powScalar, setWindowLimitForTests, sub, unary,
+  add, affine, binary, cast, clamp, copy, div, elementwiseVariants, geglu, mul, mulScalar, addScalar, powScalar, setWindowLimitForTests, sub, unary,
   type BinaryOp, type UnaryOp,
 } from '../src/kernels/elementwise.js';
 import { expectClose, getDevice, maxAbsDiff, randn } from './helpers/gpu.js';
@@ -132,6 +132,7 @@ describe('elementwise', () => {
         expectClose(await addScalar(x, 0.25, { variant }).toArray(), Array.from(xs, (v) => v + 0.25), 1e-4, 'addScalar');
         expectClose(await mulScalar(x, -1.5, { variant }).toArray(), Array.from(xs, (v) => v * -1.5), 1e-4, 'mulScalar');
         expectClose(await affine(x, 2, -0.5, { variant }).toArray(), Array.from(xs, (v) => 2 * v - 0.5), 1e-4, 'affine');
+        expectClose(await clamp(x, -1, 0.5, { variant }).toArray(), Array.from(xs, (v) => Math.min(Math.max(v, -1), 0.5)), 0, 'clamp');
         for (const p of [2, 3, 0, 1, 0.5, -1]) {
           const src = p === 0.5 ? xs.map(Math.abs) : xs;
           const t = Tensor.fromArray(dev, src, [n]);

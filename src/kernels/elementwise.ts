@@ -190,6 +190,7 @@ const SCALAR_EXPR = {
   mulScalar: 'x * p.s0',
   affine: 'p.s0 * x + p.s1',
   powScalar: 'pow_f(x, p.s0)',
+  clamp: 'clamp(x, p.s0, p.s1)',
   copy: 'x',
 } as const;
 
@@ -467,6 +468,12 @@ export function affine(x: Tensor, a: number, b: number, opts?: { variant?: Eleme
 /** x ** p (torch semantics for negative bases with integer exponents). */
 export function powScalar(x: Tensor, p: number, opts?: { variant?: ElementwiseVariant }): Tensor {
   return mapUnary('powScalar', SCALAR_EXPR.powScalar, x, [p, 0], opts?.variant);
+}
+
+/** min(max(x, lo), hi). */
+export function clamp(x: Tensor, lo: number, hi: number, opts?: { variant?: ElementwiseVariant }): Tensor {
+  if (!(lo <= hi)) throw new GpuError(`clamp: lo ${lo} must be <= hi ${hi}`);
+  return mapUnary('clamp', SCALAR_EXPR.clamp, x, [lo, hi], opts?.variant);
 }
 
 /** An activation or math function applied elementwise; input f32 or f16, output f32. */

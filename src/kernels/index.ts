@@ -1,6 +1,7 @@
 // Every kernel op (docs/KERNELS.md), for models and commands.
 import { variants as attentionVariants } from './attention.js';
 import { elementwiseVariants } from './elementwise.js';
+import { layoutVariants } from './layout.js';
 import { variants as matmulVariants } from './matmul.js';
 
 export * from './elementwise.js';
@@ -19,5 +20,5 @@ export { attentionVariants, matmulVariants };
  * plain name is ambiguous across `export *`, so the index exports this map under it.
  */
 export function variants(): Record<string, string[]> {
-  return { matmul: matmulVariants(), attention: attentionVariants(), elementwise: elementwiseVariants() };
+  return { matmul: matmulVariants(), attention: attentionVariants(), elementwise: elementwiseVariants(), layout: layoutVariants() };
 }
