@@ -47,6 +47,15 @@ export class StableDiffusionPipeline {
     return new StableDiffusionPipeline(dev, dir, tokenizer, textEncoder, unet, vae, schedule);
   }
 
+  /** A pipeline from already-built parts (benchmarks with random weights, tests). */
+  static fromParts(
+    dev: Device,
+    parts: { tokenizer: CLIPTokenizer; textEncoder: ClipTextModel; unet: UNet2DConditionModel; vae: AutoencoderKL; schedule: DDIMSchedule },
+    dir = '(in memory)',
+  ): StableDiffusionPipeline {
+    return new StableDiffusionPipeline(dev, dir, parts.tokenizer, parts.textEncoder, parts.unet, parts.vae, parts.schedule);
+  }
+
   get predictionType(): 'epsilon' | 'v_prediction' | 'sample' {
     return this.schedule.predictionType;
   }

@@ -1,0 +1,115 @@
+// Full-size VAE encoder and whole-segmentation benchmarks with random weights.
+import { fileURLToPath } from 'node:url';
+import { Device, Tensor, scope } from '../src/tensor/index.js';
+import { defaultConfig, applyOverrides } from '../src/elbo/config.js';
+import { segmentImage } from '../src/elbo/segment.js';
+import { ClipTextModel, parseClipTextConfig } from '../src/models/clip.js';
+import { StableDiffusionPipeline } from '../src/models/pipeline.js';
+import { DDIMSchedule } from '../src/models/scheduler.js';
+import { CLIPTokenizer } from '../src/models/tokenizer.js';
+import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
+import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
+import { RandomWeights, type WeightLoader } from '../src/models/weights.js';
+import { CLIP_L_TEXT, SD15_UNET, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
+
+/** SD 1.5's vae/config.json. */
+export const SD15_VAE = {
+  block_out_channels: [128, 256, 512, 512],
+  down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
+  up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
+  in_channels: 3,
+  out_channels: 3,
+  latent_channels: 4,
+  layers_per_block: 2,
+  norm_num_groups: 32,
+  sample_size: 512,
+};
+
+/** Counted FLOPs of the VAE encoder (convs + mid attention) at side S. */
+function vaeEncoderFlops(S: number): number {
+  const ch = SD15_VAE.block_out_channels;
+  const conv = (ci: number, co: number, k: number, hw: number): number => 2 * ci * co * k * k * hw;
+  let f = conv(3, ch[0]!, 3, S * S);
+  let s = S;
+  let prev = ch[0]!;
+  ch.forEach((co, i) => {
+    for (let j = 0; j < 2; j++) {
+      const ci = j === 0 ? prev : co;
+      f += conv(ci, co, 3, s * s) + conv(co, co, 3, s * s) + (ci !== co ? conv(ci, co, 1, s * s) : 0);
+    }
+    prev = co;
+    if (i < ch.length - 1) {
+      s /= 2;
+      f += conv(co, co, 3, s * s);
+    }
+  });
+  const c = ch[ch.length - 1]!;
+  const hw = s * s;
+  f += 2 * (conv(c, c, 3, hw) * 2) + 4 * 2 * c * c * hw + 4 * hw * hw * c;
+  f += conv(c, 8, 3, hw) + conv(8, 8, 1, hw);
+  return f;
+}
+
+function randomVae(dev: Device): AutoencoderKL {
+  const config = parseVaeConfig(SD15_VAE, 'SD 1.5 vae config');
+  return AutoencoderKL.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }) as unknown as WeightLoader);
+}
+
+export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
+  const vae = randomVae(dev);
+  const S = 512;
+  const x = Tensor.fromArray(dev, new Float32Array(o.batch * 3 * S * S).map((_, i) => Math.sin(i * 0.001)), [o.batch, 3, S, S]);
+  const run = (): void => {
+    scope(() => {
+      vae.encode(x);
+    });
+  };
+  run();
+  await dev.sync();
+  dev.resetPeak();
+  const times: number[] = [];
+  for (let i = 0; i < o.runs; i++) {
+    const t0 = performance.now();
+    run();
+    await dev.sync();
+    times.push((performance.now() - t0) / 1000);
+  }
+  times.sort((a, b) => a - b);
+  const seconds = times[Math.floor(times.length / 2)]!;
+  return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20 };
+}
+
+/** One whole segmentation of a 512x512 image with two classes, reference timesteps (20 + 10). */
+export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
+  const tokDir = fileURLToPath(new URL('../weights/sd15-tiny/tokenizer', import.meta.url));
+  const schedDir = fileURLToPath(new URL('../weights/sd15-tiny/scheduler/scheduler_config.json', import.meta.url));
+  const { readJsonConfig } = await import('../src/io/modelFolder.js');
+  const w = new RandomWeights(dev, { matrixDtype: o.dtype });
+  const pipe = StableDiffusionPipeline.fromParts(dev, {
+    tokenizer: CLIPTokenizer.fromFolder(tokDir),
+    textEncoder: ClipTextModel.fromWeights(dev, parseClipTextConfig(CLIP_L_TEXT, 'CLIP-L'), w, 'text_model.', 'text_projection.weight'),
+    unet: UNet2DConditionModel.fromWeights(dev, parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), w),
+    vae: randomVae(dev),
+    schedule: DDIMSchedule.fromConfig(readJsonConfig(schedDir), schedDir),
+  });
+  const S = 512;
+  const img = { width: S, height: S, data: new Uint8Array(S * S * 3).map((_, i) => (i * 7) % 256) };
+  const config = applyOverrides(defaultConfig(), []);
+  dev.resetPeak();
+  const t0 = performance.now();
+  let last = '';
+  await segmentImage(pipe, img, ['cat', 'dog'], {
+    config,
+    maxBatch: o.batch > 1 ? o.batch : 2,
+    onProgress: (p) => {
+      const s = `${p.phase} ${p.done}/${p.total}`;
+      if (s !== last && process.stderr.isTTY) process.stderr.write(`\r${s} ${((performance.now() - t0) / 1000).toFixed(0)}s   `);
+      last = s;
+    },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  if (process.stderr.isTTY) process.stderr.write('\n');
+  const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
+  const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);
+  return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20 };
+}
