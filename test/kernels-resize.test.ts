@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { resizeBilinear, upsampleNearest2x } from '../src/kernels/resize.js';
+import { resizeBilinear, resizeVariants, upsampleNearest2x } from '../src/kernels/resize.js';
 import { setWindowLimitForTests } from '../src/kernels/elementwise.js';
 import { expectClose, getDevice, randn } from './helpers/gpu.js';
 
@@ -44,12 +44,14 @@ async function run(windowed: boolean): Promise<void> {
   // A 4 KiB binding limit: planes of up to ~950 elements, tensors split across windows.
   if (windowed) setWindowLimitForTests(4096);
   let seed = windowed ? 50 : 1;
-  const nearestShapes = windowed ? [[4, 8, 8, 8], [2, 7, 1, 77], [1, 3, 21, 13]] : [[1, 1, 1, 1], [2, 3, 7, 5], [1, 4, 8, 8], [2, 7, 1, 77], [1, 2, 16, 33]];
+  const nearestShapes = windowed ? [[4, 8, 8, 8], [2, 7, 1, 77], [1, 3, 21, 13], [3, 5, 9, 10]] : [[1, 1, 1, 1], [2, 3, 7, 5], [1, 4, 8, 8], [2, 7, 1, 77], [1, 2, 16, 33]];
   for (const shape of nearestShapes) {
     const xs = randn(shape.reduce((a, b) => a * b, 1), seed++);
-    const out = upsampleNearest2x(Tensor.fromArray(dev, xs, shape));
-    expect(out.shape).toEqual([shape[0], shape[1], 2 * shape[2]!, 2 * shape[3]!]);
-    expect(Array.from(await out.toArray())).toEqual(Array.from(nearestRef(xs, shape)));
+    for (const variant of resizeVariants()) {
+      const out = upsampleNearest2x(Tensor.fromArray(dev, xs, shape), { variant });
+      expect(out.shape).toEqual([shape[0], shape[1], 2 * shape[2]!, 2 * shape[3]!]);
+      expect(Array.from(await out.toArray())).toEqual(Array.from(nearestRef(xs, shape)));
+    }
   }
   const bilinearCases = windowed
     ? [[[2, 8, 8, 8], 16, 16], [[2, 8, 8, 8], 5, 3], [[1, 1, 33, 17], 257, 7], [[3, 5, 7, 9], 77, 1]]

@@ -2,6 +2,7 @@
 import { variants as attentionVariants } from './attention.js';
 import { elementwiseVariants } from './elementwise.js';
 import { layoutVariants } from './layout.js';
+import { resizeVariants } from './resize.js';
 import { variants as matmulVariants } from './matmul.js';
 
 export * from './elementwise.js';
@@ -20,5 +21,5 @@ export { attentionVariants, matmulVariants };
  * plain name is ambiguous across `export *`, so the index exports this map under it.
  */
 export function variants(): Record<string, string[]> {
-  return { matmul: matmulVariants(), attention: attentionVariants(), elementwise: elementwiseVariants(), layout: layoutVariants() };
+  return { matmul: matmulVariants(), attention: attentionVariants(), elementwise: elementwiseVariants(), layout: layoutVariants(), resize: resizeVariants() };
 }

@@ -14,15 +14,43 @@ function need4d(op: string, x: Tensor): [number, number, number, number] {
   return x.shape as unknown as [number, number, number, number];
 }
 
+/** 'naive': one input element, four scalar stores per invocation; 'vec': two input
+ *  elements, two vec4 stores (needs W even). */
+export type ResizeVariant = 'naive' | 'vec';
+
+/** Names of the upsampleNearest2x variants (for `doctor` and tests). */
+export function resizeVariants(): ResizeVariant[] {
+  return ['naive', 'vec'];
+}
+
 /** Nearest-neighbour 2x upsampling: (B, C, H, W) -> (B, C, 2H, 2W). */
-export function upsampleNearest2x(x: Tensor): Tensor {
+export function upsampleNearest2x(x: Tensor, opts: { variant?: ResizeVariant } = {}): Tensor {
   const [b, c, h, w] = need4d('upsampleNearest2x', x);
   const dev = x.device;
   const out = Tensor.empty(dev, [b, c, 2 * h, 2 * w], 'f32');
+  if (out.numel === 0) return out;
   const rows = b * c * h;
   const size = wg(dev);
-  const pipeline = dev.pipeline(`resize/nearest2x/${size}`, () => fillTemplate(loadShader('resize_nearest'), { WG: size }));
+  const vec = opts.variant !== 'naive' && w % 2 === 0;
   const label = `upsampleNearest2x ${shapeStr(x.shape)}`;
+  if (vec) {
+    // Domain (rows, W/2 pairs); output offsets stay multiples of 4 elements.
+    const pipeline = dev.pipeline(`resize/nearest2x-vec/${size}`, () => fillTemplate(loadShader('resize_nearest_vec'), { WG: size }));
+    const chunks = planChunks(label, dev, [rows, w / 2], [
+      { tensor: x, strides: [w, 2], extra: 1 },
+      { tensor: out, strides: [4 * w, 4], extra: 2 * w + 3 },
+    ]);
+    for (const ch of chunks) {
+      const [nx, ny] = grid1d(Math.ceil(ch.numel / size));
+      const u = uniforms([
+        ['u', ch.numel], ['u', ch.dims[1]!], ['u', nx], ['u', ch.bases[0]!],
+        ['u', ch.bases[1]! / 4], ['u', w], ['u', w], ['u', w / 2],
+      ]);
+      dev.dispatch({ label, family: 'resize', pipeline, uniforms: u, bindings: ch.windows, workgroups: [nx, ny] });
+    }
+    return out;
+  }
+  const pipeline = dev.pipeline(`resize/nearest2x/${size}`, () => fillTemplate(loadShader('resize_nearest'), { WG: size }));
   const chunks = planChunks(label, dev, [rows, w], [
     { tensor: x, strides: [w, 1] },
     { tensor: out, strides: [4 * w, 2], extra: 2 * w + 1 },
