@@ -3,6 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { encode as encodePng } from 'fast-png';
+import sharp from 'sharp';
+import { readPngRaw } from '../src/io/image.ts';
 import { classIndexOf, loadDatasetConfig, loadGroundTruth, loadImageList, parseOverrides, type DatasetConfig } from '../src/elbo/dataset.ts';
 import {
   applyMetrics,
@@ -14,6 +16,7 @@ import {
   pairwiseSum,
   pyFloatRepr,
   pySetOrder,
+  readPngForEval,
   type EvaluationResult,
   type InstanceStatistic,
 } from '../src/elbo/evaluate.ts';
@@ -73,9 +76,9 @@ function goldenConfig(dir: string): DatasetConfig {
 
 describe('evaluateSegmentation on the golden set (evaluate_segmentation.py, VOC, bucket_num=3)', () => {
   let result: EvaluationResult;
-  beforeAll(() => {
+  beforeAll(async () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'golden-'));
-    result = evaluateSegmentation(goldenConfig(dir), { heatmapDir: path.join(FX, 'heatmaps'), bucketNum: golden.bucket_num });
+    result = await evaluateSegmentation(goldenConfig(dir), { heatmapDir: path.join(FX, 'heatmaps'), bucketNum: golden.bucket_num });
   });
 
   it('finds the reference threshold by binary search', () => {
@@ -333,11 +336,11 @@ describe('evaluateSegmentation on synthetic datasets against a per-pixel impleme
     { dataset: 'coco', categories: coco, images: 20, seed: 3, borders: false, cocoRaw: true },
   ];
   for (const spec of specs) {
-    it(`${spec.dataset}: mIoU at every threshold, statistics and report`, () => {
+    it(`${spec.dataset}: mIoU at every threshold, statistics and report`, async () => {
       const dir = fs.mkdtempSync(path.join(tmp, `${spec.dataset}-`));
       const cfg = loadDatasetConfig(makeSynth(dir, spec));
       const heatmapDir = path.join(dir, 'out/heatmaps');
-      const result = evaluateSegmentation(cfg, { heatmapDir, bucketNum: 4 });
+      const result = await evaluateSegmentation(cfg, { heatmapDir, bucketNum: 4 });
       const numCls = cfg.categories.length + 1;
       for (const pct of [1, 5, 20, 33, 47, 50, 64, 80, 99]) {
         const naive = naiveStatistics(cfg, heatmapDir, pct);
@@ -362,63 +365,63 @@ describe('bad input', () => {
     return { dir, cfg, heatmapDir: path.join(dir, 'out/heatmaps') };
   }
 
-  it('a missing ground-truth file is an error naming it; --skip-missing leaves it out with a warning', () => {
+  it('a missing ground-truth file is an error naming it; --skip-missing leaves it out with a warning', async () => {
     const { dir, cfg, heatmapDir } = fresh();
     fs.rmSync(path.join(dir, 'gt/img_2.png'));
-    expect(() => evaluateSegmentation(cfg, { heatmapDir })).toThrow(/ground truth missing for 1 of 6 images: img_2 \(.*gt\/img_2\.png\)/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir })).rejects.toThrow(/ground truth missing for 1 of 6 images: img_2 \(.*gt\/img_2\.png\)/);
     const warnings: string[] = [];
-    const r = evaluateSegmentation(cfg, { heatmapDir, skipMissing: true, warn: (w) => warnings.push(w) });
+    const r = await evaluateSegmentation(cfg, { heatmapDir, skipMissing: true, warn: (w) => warnings.push(w) });
     expect(r.skipped.map((e) => e.name)).toEqual(['img_2']);
     expect(r.images.length).toBe(5);
     expect(r.statistics.some((s) => s.img_idx === 2)).toBe(false);
     expect(warnings.join('\n')).toMatch(/img_2/);
   });
 
-  it('an id list naming absent images fails, naming them', () => {
+  it('an id list naming absent images fails, naming them', async () => {
     const { dir, cfg, heatmapDir } = fresh();
     fs.appendFileSync(path.join(dir, 'val_id.txt'), 'ghost_1\nghost_2\n');
-    expect(() => evaluateSegmentation(cfg, { heatmapDir })).toThrow(/missing for 2 of 8 images: ghost_1 .*ghost_2/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir })).rejects.toThrow(/missing for 2 of 8 images: ghost_1 .*ghost_2/);
   });
 
-  it('a heatmap of a class the dataset does not know is an error naming file and class', () => {
+  it('a heatmap of a class the dataset does not know is an error naming file and class', async () => {
     const { cfg, heatmapDir } = fresh();
     fs.copyFileSync(path.join(FX, 'heatmaps/0_cat.png'), path.join(heatmapDir, '0_unicorn.png'));
-    expect(() => evaluateSegmentation(cfg, { heatmapDir })).toThrow(/0_unicorn\.png: unknown class: unicorn/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir })).rejects.toThrow(/0_unicorn\.png: unknown class: unicorn/);
   });
 
-  it('a heatmap that does not decode is an error naming it', () => {
+  it('a heatmap that does not decode is an error naming it', async () => {
     const { cfg, heatmapDir } = fresh();
     fs.writeFileSync(path.join(heatmapDir, '1_dog.png'), 'garbage');
-    expect(() => evaluateSegmentation(cfg, { heatmapDir })).toThrow(/1_dog\.png: does not decode/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir })).rejects.toThrow(/1_dog\.png: does not decode/);
   });
 
-  it('malformed heatmap names and duplicate classes are errors; other files and stray indices are warnings', () => {
+  it('malformed heatmap names and duplicate classes are errors; other files and stray indices are warnings', async () => {
     let f = fresh();
     fs.copyFileSync(path.join(FX, 'heatmaps/0_cat.png'), path.join(f.heatmapDir, '0_potted_plant.png'));
-    expect(() => evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir })).toThrow(/0_potted_plant\.png: file name must be/);
+    await expect(evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir })).rejects.toThrow(/0_potted_plant\.png: file name must be/);
     f = fresh();
     fs.copyFileSync(path.join(FX, 'heatmaps/0_cat.png'), path.join(f.heatmapDir, '0_kitten.png'));
     fs.copyFileSync(path.join(FX, 'heatmaps/0_cat.png'), path.join(f.heatmapDir, '0_cat.png'));
-    expect(() => evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir })).toThrow(/both resolve to class "cat"/);
+    await expect(evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir })).rejects.toThrow(/both resolve to class "cat"/);
     f = fresh();
     fs.writeFileSync(path.join(f.heatmapDir, 'notes.txt'), 'x');
     fs.copyFileSync(path.join(FX, 'heatmaps/0_cat.png'), path.join(f.heatmapDir, '99_cat.png'));
     const warnings: string[] = [];
-    evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir, warn: (w) => warnings.push(w) });
+    await evaluateSegmentation(f.cfg, { heatmapDir: f.heatmapDir, warn: (w) => warnings.push(w) });
     expect(warnings.join('\n')).toMatch(/notes\.txt/);
     expect(warnings.join('\n')).toMatch(/image index\(es\) 99 not in the id list/);
   });
 
-  it('a ground-truth label outside the classes is an error naming the file', () => {
+  it('a ground-truth label outside the classes is an error naming the file', async () => {
     const { dir, cfg, heatmapDir } = fresh();
     fs.writeFileSync(path.join(dir, 'gt/img_0.png'), encodePng({ width: 2, height: 1, channels: 1, depth: 8, data: Uint8Array.from([0, 7]) }));
-    expect(() => evaluateSegmentation(cfg, { heatmapDir })).toThrow(/img_0\.png: label value\(s\) 7 outside the dataset's classes 0\.\.3/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir })).rejects.toThrow(/img_0\.png: label value\(s\) 7 outside the dataset's classes 0\.\.3/);
   });
 
-  it('rejects start >= end and a bad bucket count', () => {
+  it('rejects start >= end and a bad bucket count', async () => {
     const { cfg, heatmapDir } = fresh();
-    expect(() => evaluateSegmentation(cfg, { heatmapDir, start: 50, end: 50 })).toThrow(/start threshold should be less than end/);
-    expect(() => evaluateSegmentation(cfg, { heatmapDir, bucketNum: 0 })).toThrow(/bucket_num/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir, start: 50, end: 50 })).rejects.toThrow(/start threshold should be less than end/);
+    await expect(evaluateSegmentation(cfg, { heatmapDir, bucketNum: 0 })).rejects.toThrow(/bucket_num/);
   });
 });
 
@@ -519,5 +522,45 @@ describe('elbo-t2ialign evaluate (runEvaluate)', () => {
     const ok = await run([...args, '--skip-missing', '--no-report']);
     expect(ok.code, ok.err).toBe(0);
     expect(ok.err).toMatch(/warning: ground truth missing/);
+  });
+});
+
+describe('readPngForEval (native-zlib PNG decoding for evaluation)', () => {
+  it('gives what readPngRaw gives for every fixture PNG and every row filter', async () => {
+    const files: string[] = [];
+    const walk = (d: string): void => {
+      for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(path.join(d, e.name));
+        else if (e.name.endsWith('.png')) files.push(path.join(d, e.name));
+      }
+    };
+    walk(path.join(ROOT, 'test/fixtures'));
+    // libpng's adaptive filtering (sharp) uses all five row filters
+    const dir = fs.mkdtempSync(path.join(tmp, 'png-'));
+    const rnd = mulberry32(5);
+    for (const channels of [1, 2, 3, 4] as const) {
+      const w = 37;
+      const h = 23;
+      const data = Buffer.alloc(w * h * channels);
+      for (let i = 0; i < data.length; i++) data[i] = (Math.floor(i / channels) % w) * 3 + Math.floor(rnd() * 40);
+      const f = path.join(dir, `c${channels}.png`);
+      await sharp(data, { raw: { width: w, height: h, channels } })
+        .toColourspace(channels <= 2 ? 'b-w' : 'srgb')
+        .png({ adaptiveFiltering: true, compressionLevel: 9 })
+        .toFile(f);
+      files.push(f);
+    }
+    const pal = path.join(dir, 'palette.png');
+    fs.writeFileSync(
+      pal,
+      encodePng({ width: 3, height: 2, channels: 1, depth: 8, data: Uint8Array.from([0, 1, 2, 2, 1, 0]), palette: [[1, 2, 3], [4, 5, 6], [7, 8, 9]] }),
+    );
+    files.push(pal);
+    expect(files.length).toBeGreaterThan(60);
+    for (const f of files) {
+      const mine = await readPngForEval(f);
+      const ref = readPngRaw(f);
+      expect({ ...mine, data: Array.from(mine.data) }, f).toEqual({ ...ref, data: Array.from(ref.data) });
+    }
   });
 });

@@ -227,7 +227,7 @@ export async function runEvaluate(args: string[]): Promise<number> {
 
     const t0 = performance.now();
     const tty = process.stderr.isTTY === true;
-    const result = evaluateSegmentation(cfg, {
+    const result = await evaluateSegmentation(cfg, {
       heatmapDir,
       start,
       end,
@@ -275,7 +275,7 @@ export async function runEvaluate(args: string[]): Promise<number> {
       fs.rmSync(maskDir, { recursive: true, force: true });
       fs.mkdirSync(maskDir, { recursive: true });
       for (const entry of result.images) {
-        const pred = loadImagePrediction(cfg, entry, result.heatmaps.get(entry.index) ?? []);
+        const pred = await loadImagePrediction(cfg, entry, result.heatmaps.get(entry.index) ?? []);
         const mask = thresholdMask(pred, result.thresholdSearch.bestThresholdPercent, cfg.dataset);
         await writeGreyPng(path.join(maskDir, `${entry.index}.png`), pred.gt.width, pred.gt.height, mask);
       }

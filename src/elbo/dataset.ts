@@ -416,6 +416,14 @@ export function loadGroundTruth(file: string, dataset: string): LabelMap {
     if (!fs.existsSync(file)) throw new DatasetError(`ground truth ${file}: file not found`);
     throw new DatasetError(`ground truth ${file}: ${msg.startsWith(file) ? msg.slice(file.length + 2) : msg}`);
   }
+  return labelMapFromPng(file, png, dataset);
+}
+
+/**
+ * A decoded ground-truth PNG as a label map (see {@link loadGroundTruth}). `file` names the
+ * file in errors; with `inPlace` the label map may share (and modify) `png.data`.
+ */
+export function labelMapFromPng(file: string, png: PngRaw, dataset: string, inPlace = false): LabelMap {
   if (png.channels !== 1) {
     const kind = png.channels === 2 ? 'grey + alpha' : png.channels === 3 ? 'RGB' : 'RGBA';
     throw new DatasetError(
@@ -428,7 +436,7 @@ export function loadGroundTruth(file: string, dataset: string): LabelMap {
     const scaled = new Uint8Array(data.length);
     for (let i = 0; i < data.length; i++) scaled[i] = data[i]! * scale;
     data = scaled;
-  } else {
+  } else if (!inPlace) {
     data = data.slice();
   }
   applyLabelMapping(dataset, data);

@@ -173,7 +173,7 @@ export async function renderExampleGrid(cfg: DatasetConfig, result: EvaluationRe
   const caption = 18;
   const rows: Array<{ tiles: Buffer[]; tw: number; label: string }> = [];
   for (const entry of picks) {
-    const pred = loadImagePrediction(cfg, entry, result.heatmaps.get(entry.index) ?? []);
+    const pred = await loadImagePrediction(cfg, entry, result.heatmaps.get(entry.index) ?? []);
     const { width: w, height: h } = pred.gt;
     const tw = Math.max(1, Math.round((w / h) * th));
     let imgTile: Buffer;

@@ -24,13 +24,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { readPngRaw, type PngRaw } from '../io/image.ts';
 import { resizeU8 } from '../io/resample.ts';
 import {
   classIndexOf,
   classNames,
   DatasetError,
-  loadGroundTruth,
+  labelMapFromPng,
   loadImageList,
   type DatasetConfig,
   type ImageEntry,
@@ -300,6 +301,8 @@ export interface EvaluateOptions {
   warn?: (msg: string) => void;
   /** Progress of the loading pass. */
   onProgress?: (done: number, total: number) => void;
+  /** Images loaded ahead of the one being reduced (default 8). */
+  concurrency?: number;
 }
 
 /** A heatmap file of one image. */
@@ -404,6 +407,116 @@ function pngToL(png: PngRaw): Uint8Array {
   return out;
 }
 
+/**
+ * Decodes a PNG file for evaluation. 8-bit non-interlaced PNGs (what heatmaps and label maps
+ * are) are inflated by node's native zlib, several times faster than a pure-JS inflate
+ * (evaluation is mostly PNG decoding); every other PNG goes through
+ * {@link readPngRaw}. The result is the same {@link PngRaw} (samples as stored, palette
+ * indices for palette PNGs).
+ */
+export async function readPngForEval(file: string): Promise<PngRaw> {
+  const buf = await fs.promises.readFile(file);
+  const sig = [137, 80, 78, 71, 13, 10, 26, 10];
+  if (buf.length < 33 || sig.some((b, i) => buf[i] !== b)) throw new Error(`${file}: not a PNG file (no PNG signature)`);
+  const width = buf.readUInt32BE(16);
+  const height = buf.readUInt32BE(20);
+  const depth = buf[24]!;
+  const colorType = buf[25]!;
+  const interlace = buf[28]!;
+  const channelsOf: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+  const channels = channelsOf[colorType];
+  if (depth !== 8 || interlace !== 0 || channels === undefined || buf.toString('latin1', 12, 16) !== 'IHDR') {
+    return readPngRaw(file);
+  }
+  const idat: Buffer[] = [];
+  let palette: number[][] | undefined;
+  let alpha: Buffer | undefined;
+  let pos = 8;
+  while (pos + 8 <= buf.length) {
+    const len = buf.readUInt32BE(pos);
+    const type = buf.toString('latin1', pos + 4, pos + 8);
+    const data = buf.subarray(pos + 8, pos + 8 + len);
+    if (data.length !== len) throw new Error(`${file}: truncated PNG (chunk ${type})`);
+    if (type === 'IDAT') idat.push(data);
+    else if (type === 'PLTE') {
+      palette = [];
+      for (let i = 0; i + 2 < len; i += 3) palette.push([data[i]!, data[i + 1]!, data[i + 2]!]);
+    } else if (type === 'tRNS') alpha = data;
+    else if (type === 'IEND') break;
+    pos += 12 + len;
+  }
+  if (colorType === 3 && palette === undefined) throw new Error(`${file}: palette PNG without PLTE chunk`);
+  if (palette !== undefined && alpha !== undefined) {
+    for (let i = 0; i < alpha.length && i < palette.length; i++) palette[i]!.push(alpha[i]!);
+  }
+  const stride = width * channels;
+  let raw: Buffer;
+  try {
+    // one output chunk of the known size; synchronous inflate costs less CPU than handing
+    // each image to the thread pool
+    raw = zlib.inflateSync(idat.length === 1 ? idat[0]! : Buffer.concat(idat), {
+      chunkSize: Math.max(64, Math.min(height * (stride + 1), 0x3fffffff)),
+    });
+  } catch (err) {
+    throw new Error(`${file}: cannot decode PNG: ${(err as Error).message}`);
+  }
+  if (raw.length < height * (stride + 1)) throw new Error(`${file}: truncated PNG image data`);
+  const out = new Uint8Array(height * stride);
+  const bpp = channels;
+  let src = 0;
+  for (let y = 0; y < height; y++) {
+    const filter = raw[src++]!;
+    const o = y * stride;
+    const up = o - stride;
+    const first = Math.min(bpp, stride);
+    switch (filter) {
+      case 0:
+        out.set(raw.subarray(src, src + stride), o);
+        break;
+      case 1: // Sub
+        for (let i = 0; i < first; i++) out[o + i] = raw[src + i]!;
+        for (let i = first; i < stride; i++) out[o + i] = raw[src + i]! + out[o + i - bpp]!;
+        break;
+      case 2: // Up
+        if (y === 0) out.set(raw.subarray(src, src + stride), o);
+        else for (let i = 0; i < stride; i++) out[o + i] = raw[src + i]! + out[up + i]!;
+        break;
+      case 3: // Average
+        if (y === 0) {
+          for (let i = 0; i < first; i++) out[o + i] = raw[src + i]!;
+          for (let i = first; i < stride; i++) out[o + i] = raw[src + i]! + (out[o + i - bpp]! >> 1);
+        } else {
+          for (let i = 0; i < first; i++) out[o + i] = raw[src + i]! + (out[up + i]! >> 1);
+          for (let i = first; i < stride; i++) out[o + i] = raw[src + i]! + ((out[o + i - bpp]! + out[up + i]!) >> 1);
+        }
+        break;
+      case 4: // Paeth; with no row above it predicts from the left (Sub), at the row start from above (Up)
+        if (y === 0) {
+          for (let i = 0; i < first; i++) out[o + i] = raw[src + i]!;
+          for (let i = first; i < stride; i++) out[o + i] = raw[src + i]! + out[o + i - bpp]!;
+        } else {
+          for (let i = 0; i < first; i++) out[o + i] = raw[src + i]! + out[up + i]!;
+          for (let i = first; i < stride; i++) {
+            const a = out[o + i - bpp]!;
+            const b = out[up + i]!;
+            const c = out[up + i - bpp]!;
+            const pa = Math.abs(b - c);
+            const pb = Math.abs(a - c);
+            const pc = Math.abs(a + b - c - c);
+            out[o + i] = raw[src + i]! + (pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
+          }
+        }
+        break;
+      default:
+        throw new Error(`${file}: cannot decode PNG: bad row filter ${filter} in row ${y}`);
+    }
+    src += stride;
+  }
+  const png: PngRaw = { width, height, channels, bitDepth: 8, data: out };
+  if (palette !== undefined && colorType === 3) png.palette = palette;
+  return png;
+}
+
 /** Reads a heatmap as PIL `Image.open(p).convert("L")`, resized (PIL bilinear) to w x h if needed. */
 export function loadHeatmap(file: string, w: number, h: number): Uint8Array {
   let png: PngRaw;
@@ -412,6 +525,10 @@ export function loadHeatmap(file: string, w: number, h: number): Uint8Array {
   } catch (err) {
     throw new DatasetError(`heatmap ${file}: does not decode (${(err as Error).message})`);
   }
+  return heatmapFromPng(png, w, h);
+}
+
+function heatmapFromPng(png: PngRaw, w: number, h: number): Uint8Array {
   const grey = pngToL(png);
   if (png.width === w && png.height === h) return grey;
   return resizeU8(grey, png.width, png.height, 1, w, h, 'bilinear');
@@ -426,19 +543,52 @@ export interface ImagePrediction {
   cls: Uint8Array;
 }
 
+/** One image's decoded inputs: the label map and the heatmaps at its size, ascending by class. */
+interface ImageInputs {
+  gt: LabelMap;
+  maps: Uint8Array[];
+  classes: number[];
+}
+
+/** Reads one image's ground truth and heatmaps (in parallel; errors name the file). */
+async function loadImageInputs(cfg: DatasetConfig, entry: ImageEntry, heatmaps: readonly HeatmapFile[]): Promise<ImageInputs> {
+  const gtPromise = readPngForEval(entry.gtPath).catch((err: unknown) => {
+    if (!fs.existsSync(entry.gtPath)) throw new DatasetError(`ground truth ${entry.gtPath}: file not found`);
+    throw new DatasetError(`ground truth ${entry.gtPath}: does not decode (${(err as Error).message})`);
+  });
+  const hmPromises = heatmaps.map((hm) =>
+    readPngForEval(hm.file).catch((err: unknown) => {
+      throw new DatasetError(`heatmap ${hm.file}: does not decode (${(err as Error).message})`);
+    }),
+  );
+  // no unhandled rejections while an earlier one is awaited
+  for (const p of [gtPromise, ...hmPromises]) p.catch(() => undefined);
+  const gt = labelMapFromPng(entry.gtPath, await gtPromise, cfg.dataset, true);
+  const maps: Uint8Array[] = [];
+  for (const p of hmPromises) maps.push(heatmapFromPng(await p, gt.width, gt.height));
+  return { gt, maps, classes: heatmaps.map((h) => h.cls) };
+}
+
 /**
- * Loads one image's ground truth and heatmaps and reduces them to the per-pixel max value and
- * argmax class, as the reference's `load_gt_and_predict`.
+ * Per-pixel max value and argmax class of the heatmaps (ascending class order + strict ">" =
+ * numpy argmax's first maximum; 0 where every heatmap is 0), written into `value` and `cls`.
  */
-export function loadImagePrediction(cfg: DatasetConfig, entry: ImageEntry, heatmaps: readonly HeatmapFile[]): ImagePrediction {
-  const gt = loadGroundTruth(entry.gtPath, cfg.dataset);
-  const n = gt.width * gt.height;
-  const value = new Uint8Array(n);
-  const cls = new Uint8Array(n);
-  // ascending class order + strict ">" = numpy argmax's first maximum
-  for (const hm of heatmaps) {
-    const m = loadHeatmap(hm.file, gt.width, gt.height);
-    const c = hm.cls;
+function argmaxInto(maps: readonly Uint8Array[], classes: readonly number[], n: number, value: Uint8Array, cls: Uint8Array): void {
+  if (maps.length === 0) {
+    value.fill(0, 0, n);
+    cls.fill(0, 0, n);
+    return;
+  }
+  const m0 = maps[0]!;
+  const c0 = classes[0]!;
+  for (let i = 0; i < n; i++) {
+    const x = m0[i]!;
+    value[i] = x;
+    cls[i] = x > 0 ? c0 : 0;
+  }
+  for (let k = 1; k < maps.length; k++) {
+    const m = maps[k]!;
+    const c = classes[k]!;
     for (let i = 0; i < n; i++) {
       const x = m[i]!;
       if (x > value[i]!) {
@@ -447,7 +597,29 @@ export function loadImagePrediction(cfg: DatasetConfig, entry: ImageEntry, heatm
       }
     }
   }
+}
+
+/**
+ * Loads one image's ground truth and heatmaps and reduces them to the per-pixel max value and
+ * argmax class, as the reference's `load_gt_and_predict`.
+ *
+ * @throws DatasetError naming the file for a missing or undecodable ground truth or heatmap
+ */
+export async function loadImagePrediction(cfg: DatasetConfig, entry: ImageEntry, heatmaps: readonly HeatmapFile[]): Promise<ImagePrediction> {
+  const { gt, maps, classes } = await loadImageInputs(cfg, entry, heatmaps);
+  const n = gt.width * gt.height;
+  const value = new Uint8Array(n);
+  const cls = new Uint8Array(n);
+  argmaxInto(maps, classes, n, value, cls);
   return { gt, value, cls };
+}
+
+/** Buffers reused from image to image. */
+interface Scratch {
+  /** ((numCls + 1) * numCls * 256) histogram counts, all 0 between images. */
+  hist: Uint32Array;
+  value: Uint8Array;
+  cls: Uint8Array;
 }
 
 /** One image reduced to threshold-independent histograms. */
@@ -470,63 +642,74 @@ interface ImageSummary {
 function summarize(
   cfg: DatasetConfig,
   entry: ImageEntry,
-  heatmaps: readonly HeatmapFile[],
-  scratch: { hist: Uint32Array; touched: Uint8Array },
+  inputs: ImageInputs,
+  scratch: Scratch,
 ): ImageSummary {
   const numCls = cfg.categories.length + 1;
-  const { gt, value, cls } = loadImagePrediction(cfg, entry, heatmaps);
-  const g = gt.data;
-  const n = g.length;
+  const { gt } = inputs;
+  const n = gt.data.length;
+  if (scratch.value.length < n) {
+    scratch.value = new Uint8Array(n);
+    scratch.cls = new Uint8Array(n);
+  }
+  const { value, cls } = scratch;
+  argmaxInto(inputs.maps, inputs.classes, n, value, cls);
   // ground-truth counts, and the reference's failure on labels it has no slot for
   const tMap = new Map<number, number>();
-  const tHist = new Uint32Array(256);
-  let big = false;
-  for (let i = 0; i < n; i++) {
-    const v = g[i]!;
-    if (v < 256) tHist[v]++;
-    else big = true;
+  let g: Uint8Array;
+  if (gt.data instanceof Uint8Array) {
+    g = gt.data;
+  } else {
+    const wide = gt.data;
+    for (let i = 0; i < n; i++) if (wide[i]! >= 256) tMap.set(wide[i]!, (tMap.get(wide[i]!) ?? 0) + 1);
+    g = Uint8Array.from(wide, (v) => (v >= 256 ? 0 : v));
   }
-  if (big) for (let i = 0; i < n; i++) if (g[i]! >= 256) tMap.set(g[i]!, (tMap.get(g[i]!) ?? 0) + 1);
+  const isVoc = cfg.dataset === 'voc';
+  const { hist } = scratch;
+  const row255 = numCls; // ground truth 255 of non-VOC datasets: counted in P, never in T / TP
+  const tHist = new Uint32Array(256);
+  // one pass: ground-truth counts and the (gt, argmax) value histograms. A label >= numCls
+  // other than 255 lands in an unused row or outside `hist` (typed-array writes there are
+  // no-ops); it is reported below, before any count is used.
+  for (let i = 0; i < n; i++) {
+    const gv = g[i]!;
+    tHist[gv]++;
+    if (gv === 255) {
+      if (isVoc) continue;
+      hist[((row255 * numCls + cls[i]!) << 8) | value[i]!]++;
+    } else {
+      hist[((gv * numCls + cls[i]!) << 8) | value[i]!]++;
+    }
+  }
   for (let v = 0; v < 256; v++) if (tHist[v]! > 0) tMap.set(v, tHist[v]!);
   const tKeys = [...tMap.keys()].sort((a, b) => a - b);
   const bad = tKeys.filter((v) => v >= numCls && v !== 255);
   if (bad.length > 0) {
+    hist.fill(0);
     throw new DatasetError(
       `ground truth ${entry.gtPath}: label value(s) ${bad.slice(0, 5).join(', ')} outside the dataset's classes 0..${numCls - 1} (and 255 = ignore)`,
     );
   }
-  const isVoc = cfg.dataset === 'voc';
-  const { hist, touched } = scratch;
-  const row255 = numCls; // ground truth 255 of non-VOC datasets: counted in P, never in T / TP
-  for (let i = 0; i < n; i++) {
-    const gv = g[i]!;
-    if (gv === 255) {
-      if (isVoc) continue;
-      const key = row255 * numCls + cls[i]!;
-      hist[key * 256 + value[i]!]++;
-      touched[key] = 1;
-    } else {
-      const key = gv * numCls + cls[i]!;
-      hist[key * 256 + value[i]!]++;
-      touched[key] = 1;
-    }
-  }
   const pairG: number[] = [];
   const pairC: number[] = [];
   const suffix: Uint32Array[] = [];
-  for (let key = 0; key < touched.length; key++) {
-    if (touched[key] === 0) continue;
-    touched[key] = 0;
-    const row = Math.floor(key / numCls);
-    pairG.push(row === row255 ? 255 : row);
-    pairC.push(key % numCls);
-    const s = new Uint32Array(257);
-    const base = key * 256;
-    for (let v = 255; v >= 0; v--) {
-      s[v] = s[v + 1]! + hist[base + v]!;
-      hist[base + v] = 0;
+  for (const gv of tKeys) {
+    if (gv === 255 && isVoc) continue;
+    const row = gv === 255 ? row255 : gv;
+    for (let c = 0; c < numCls; c++) {
+      const base = (row * numCls + c) << 8;
+      let total = 0;
+      for (let v = 0; v < 256; v++) total += hist[base + v]!;
+      if (total === 0) continue;
+      pairG.push(gv);
+      pairC.push(c);
+      const s = new Uint32Array(257);
+      for (let v = 255; v >= 0; v--) {
+        s[v] = s[v + 1]! + hist[base + v]!;
+        hist[base + v] = 0;
+      }
+      suffix.push(s);
     }
-    suffix.push(s);
   }
   return {
     entry,
@@ -733,7 +916,7 @@ export function buildReport(
  * @throws DatasetError naming the file for a missing ground truth (unless `skipMissing`), an
  *   undecodable PNG, a heatmap of an unknown class, or a label outside the dataset's classes
  */
-export function evaluateSegmentation(cfg: DatasetConfig, opts: EvaluateOptions): EvaluationResult {
+export async function evaluateSegmentation(cfg: DatasetConfig, opts: EvaluateOptions): Promise<EvaluationResult> {
   const warnings: string[] = [];
   const warn = (msg: string): void => {
     warnings.push(msg);
@@ -780,10 +963,24 @@ export function evaluateSegmentation(cfg: DatasetConfig, opts: EvaluateOptions):
   const noHeatmap = images.filter((e) => !heatmaps.has(e.index)).length;
   if (noHeatmap > 0) warn(`${noHeatmap} of ${images.length} images have no heatmap; their prediction is all background`);
 
-  const scratch = { hist: new Uint32Array((numCls + 1) * numCls * 256), touched: new Uint8Array((numCls + 1) * numCls) };
+  const scratch: Scratch = { hist: new Uint32Array((numCls + 1) * numCls * 256), value: new Uint8Array(0), cls: new Uint8Array(0) };
+  // a window of images in flight: reading and inflating run on the thread pool while the
+  // previous images are reduced on this thread
+  const window = Math.max(1, opts.concurrency ?? 8);
+  const pending: Array<Promise<ImageInputs> | undefined> = [];
+  const startLoad = (i: number): void => {
+    const e = images[i]!;
+    const p = loadImageInputs(cfg, e, heatmaps.get(e.index) ?? []);
+    p.catch(() => undefined);
+    pending[i] = p;
+  };
+  for (let i = 0; i < Math.min(window, images.length); i++) startLoad(i);
   const summaries: ImageSummary[] = [];
   for (let i = 0; i < images.length; i++) {
-    summaries.push(summarize(cfg, images[i]!, heatmaps.get(images[i]!.index) ?? [], scratch));
+    const inputs = await pending[i]!;
+    pending[i] = undefined;
+    if (i + window < images.length) startLoad(i + window);
+    summaries.push(summarize(cfg, images[i]!, inputs, scratch));
     opts.onProgress?.(i + 1, images.length);
   }
 
