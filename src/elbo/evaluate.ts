@@ -648,12 +648,6 @@ function summarize(
   const numCls = cfg.categories.length + 1;
   const { gt } = inputs;
   const n = gt.data.length;
-  if (scratch.value.length < n) {
-    scratch.value = new Uint8Array(n);
-    scratch.cls = new Uint8Array(n);
-  }
-  const { value, cls } = scratch;
-  argmaxInto(inputs.maps, inputs.classes, n, value, cls);
   // ground-truth counts, and the reference's failure on labels it has no slot for
   const tMap = new Map<number, number>();
   let g: Uint8Array;
@@ -667,18 +661,58 @@ function summarize(
   const isVoc = cfg.dataset === 'voc';
   const { hist } = scratch;
   const row255 = numCls; // ground truth 255 of non-VOC datasets: counted in P, never in T / TP
+  // histogram row of each ground-truth value; -1: not counted (VOC's 255, or a label outside
+  // the classes, which is reported below before any count is used)
+  const rowBase = new Int32Array(256).fill(-1);
+  for (let v = 0; v < numCls && v < 255; v++) rowBase[v] = v * numCls;
+  if (!isVoc) rowBase[255] = row255 * numCls;
   const tHist = new Uint32Array(256);
-  // one pass: ground-truth counts and the (gt, argmax) value histograms. A label >= numCls
-  // other than 255 lands in an unused row or outside `hist` (typed-array writes there are
-  // no-ops); it is reported below, before any count is used.
-  for (let i = 0; i < n; i++) {
-    const gv = g[i]!;
-    tHist[gv]++;
-    if (gv === 255) {
-      if (isVoc) continue;
-      hist[((row255 * numCls + cls[i]!) << 8) | value[i]!]++;
-    } else {
-      hist[((gv * numCls + cls[i]!) << 8) | value[i]!]++;
+  // one pass: ground-truth counts and the (gt, argmax class, max value) histograms; the max
+  // and argmax of one or two heatmaps are computed in place (ascending class order + strict
+  // ">" = numpy argmax's first maximum; class 0 where the max is 0)
+  const { maps, classes } = inputs;
+  if (maps.length === 0) {
+    for (let i = 0; i < n; i++) tHist[g[i]!]++;
+    for (let v = 0; v < 256; v++) if (tHist[v]! > 0 && rowBase[v]! >= 0) hist[rowBase[v]! << 8] += tHist[v]!;
+  } else if (maps.length === 1) {
+    const m0 = maps[0]!;
+    const c0 = classes[0]!;
+    for (let i = 0; i < n; i++) {
+      const gv = g[i]!;
+      tHist[gv]++;
+      const rb = rowBase[gv]!;
+      if (rb < 0) continue;
+      const x = m0[i]!;
+      hist[((rb + (x > 0 ? c0 : 0)) << 8) | x]++;
+    }
+  } else if (maps.length === 2) {
+    const m0 = maps[0]!;
+    const m1 = maps[1]!;
+    const c0 = classes[0]!;
+    const c1 = classes[1]!;
+    for (let i = 0; i < n; i++) {
+      const gv = g[i]!;
+      tHist[gv]++;
+      const rb = rowBase[gv]!;
+      if (rb < 0) continue;
+      const a = m0[i]!;
+      const b = m1[i]!;
+      if (b > a) hist[((rb + c1) << 8) | b]++;
+      else hist[((rb + (a > 0 ? c0 : 0)) << 8) | a]++;
+    }
+  } else {
+    if (scratch.value.length < n) {
+      scratch.value = new Uint8Array(n);
+      scratch.cls = new Uint8Array(n);
+    }
+    const { value, cls } = scratch;
+    argmaxInto(maps, classes, n, value, cls);
+    for (let i = 0; i < n; i++) {
+      const gv = g[i]!;
+      tHist[gv]++;
+      const rb = rowBase[gv]!;
+      if (rb < 0) continue;
+      hist[((rb + cls[i]!) << 8) | value[i]!]++;
     }
   }
   for (let v = 0; v < 256; v++) if (tHist[v]! > 0) tMap.set(v, tHist[v]!);
