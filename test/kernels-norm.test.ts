@@ -1,0 +1,176 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { Tensor } from '../src/tensor/index.js';
+import { groupNorm, layerNorm, normVariants, setNormMaxBindingBytes, softmax, type NormVariant } from '../src/kernels/norm.js';
+import { expectClose, getDevice, randn } from './helpers/gpu.js';
+
+const ALL = normVariants() as NormVariant[];
+
+/** torch.nn.GroupNorm in f64: biased variance, eps inside the sqrt. */
+function refGroupNorm(x: Float32Array, B: number, C: number, S: number, G: number, gamma: Float32Array, beta: Float32Array, eps: number, silu: boolean): Float64Array {
+  const y = new Float64Array(x.length);
+  const Cg = C / G;
+  const n = Cg * S;
+  for (let b = 0; b < B; b++) {
+    for (let g = 0; g < G; g++) {
+      const off = (b * C + g * Cg) * S;
+      let s = 0;
+      for (let e = 0; e < n; e++) s += x[off + e]!;
+      const mean = s / n;
+      let v = 0;
+      for (let e = 0; e < n; e++) v += (x[off + e]! - mean) ** 2;
+      const rstd = 1 / Math.sqrt(v / n + eps);
+      for (let e = 0; e < n; e++) {
+        const c = g * Cg + Math.floor(e / S);
+        let o = (x[off + e]! - mean) * rstd * gamma[c]! + beta[c]!;
+        if (silu) o = o / (1 + Math.exp(-o));
+        y[off + e] = o;
+      }
+    }
+  }
+  return y;
+}
+
+function refLayerNorm(x: Float32Array, C: number, gamma: Float32Array, beta: Float32Array, eps: number): Float64Array {
+  const y = new Float64Array(x.length);
+  for (let off = 0; off < x.length; off += C) {
+    let s = 0;
+    for (let c = 0; c < C; c++) s += x[off + c]!;
+    const mean = s / C;
+    let v = 0;
+    for (let c = 0; c < C; c++) v += (x[off + c]! - mean) ** 2;
+    const rstd = 1 / Math.sqrt(v / C + eps);
+    for (let c = 0; c < C; c++) y[off + c] = (x[off + c]! - mean) * rstd * gamma[c]! + beta[c]!;
+  }
+  return y;
+}
+
+function refSoftmax(x: Float32Array, N: number): Float64Array {
+  const y = new Float64Array(x.length);
+  for (let off = 0; off < x.length; off += N) {
+    let m = -Infinity;
+    for (let c = 0; c < N; c++) m = Math.max(m, x[off + c]!);
+    let s = 0;
+    for (let c = 0; c < N; c++) s += Math.exp(x[off + c]! - m);
+    for (let c = 0; c < N; c++) y[off + c] = Math.exp(x[off + c]! - m) / s;
+  }
+  return y;
+}
+
+afterEach(() => setNormMaxBindingBytes(undefined));
+
+async function checkGroupNorm(variant: NormVariant, shape: number[], G: number, silu: boolean, offset = 0) {
+  const dev = await getDevice();
+  const [B, C] = shape as [number, number];
+  const S = shape.slice(2).reduce((a, b) => a * b, 1);
+  const seed = B * 1000 + C * 10 + S;
+  // An offset mean makes a one-pass E[x^2] - E[x]^2 lose digits; two passes do not.
+  const xa = randn(B * C * S, seed, 2).map((v) => v + offset);
+  const ga = randn(C, seed + 1, 1);
+  const ba = randn(C, seed + 2, 1);
+  const x = Tensor.fromArray(dev, xa, shape);
+  const g = Tensor.fromArray(dev, ga, [C]);
+  const b = Tensor.fromArray(dev, ba, [C]);
+  const y = groupNorm(x, G, g, b, 1e-5, { silu, variant });
+  expect(y.shape).toEqual(shape);
+  expectClose(await y.toArray(), refGroupNorm(xa, B, C, S, G, ga, ba, 1e-5, silu), 1e-4, `groupNorm ${variant} ${shape.join('x')} G${G}${silu ? ' silu' : ''}`);
+  for (const t of [x, g, b, y]) t.release();
+}
+
+describe('groupNorm', () => {
+  for (const variant of ALL) {
+    it(`${variant}: matches torch semantics on odd and SD shapes, with and without SiLU`, async () => {
+      await checkGroupNorm(variant, [1, 4, 1, 1], 2, false);
+      await checkGroupNorm(variant, [2, 6, 7], 3, true);
+      await checkGroupNorm(variant, [1, 32, 77], 32, false);
+      await checkGroupNorm(variant, [2, 64, 16, 16], 32, true, 3);
+      await checkGroupNorm(variant, [1, 12, 257], 4, true);
+      await checkGroupNorm(variant, [1, 320, 64, 64], 32, true);
+      await checkGroupNorm(variant, [1, 8, 4, 4, 4], 2, false);
+    });
+
+    it(`${variant}: binds windows per range of (batch, group) above the binding limit`, async () => {
+      // 1 KiB of limit: every window holds one or two groups and most start mid-256 bytes.
+      setNormMaxBindingBytes(1024);
+      await checkGroupNorm(variant, [3, 12, 5, 4], 6, true);
+      await checkGroupNorm(variant, [2, 8, 7, 3], 4, false);
+      setNormMaxBindingBytes(4096);
+      await checkGroupNorm(variant, [2, 64, 8, 8], 32, false);
+    });
+  }
+
+  it('names the shapes on bad arguments', async () => {
+    const dev = await getDevice();
+    const x = Tensor.zeros(dev, [1, 6, 4, 4]);
+    const g = Tensor.zeros(dev, [6]);
+    const g5 = Tensor.zeros(dev, [5]);
+    expect(() => groupNorm(x, 4, g, g, 1e-5)).toThrow(/6 channels of x \(1x6x4x4\) are not divisible into 4 groups/);
+    expect(() => groupNorm(x, 3, g5, g, 1e-5)).toThrow(/gamma \(5\) and beta \(6\) must have 6 elements for x \(1x6x4x4\)/);
+    setNormMaxBindingBytes(64);
+    expect(() => groupNorm(x, 1, g, g, 1e-5)).toThrow(/exceeds the storage binding limit/);
+    for (const t of [x, g, g5]) t.release();
+  });
+});
+
+async function checkLayerNorm(variant: NormVariant, shape: number[]) {
+  const dev = await getDevice();
+  const C = shape[shape.length - 1]!;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const xa = randn(n, n + C, 3).map((v) => v + 1.5);
+  const ga = randn(C, C + 1);
+  const ba = randn(C, C + 2);
+  const x = Tensor.fromArray(dev, xa, shape);
+  const g = Tensor.fromArray(dev, ga, [C]);
+  const b = Tensor.fromArray(dev, ba, [C]);
+  const y = layerNorm(x, g, b, 1e-5, { variant });
+  expectClose(await y.toArray(), refLayerNorm(xa, C, ga, ba, 1e-5), 1e-4, `layerNorm ${variant} ${shape.join('x')}`);
+  for (const t of [x, g, b, y]) t.release();
+}
+
+describe('layerNorm', () => {
+  for (const variant of ALL) {
+    it(`${variant}: matches torch semantics`, async () => {
+      await checkLayerNorm(variant, [1]);
+      await checkLayerNorm(variant, [7, 5]);
+      await checkLayerNorm(variant, [2, 77, 64]);
+      await checkLayerNorm(variant, [257, 12]);
+      await checkLayerNorm(variant, [4096, 320]);
+      await checkLayerNorm(variant, [3, 1280]);
+      setNormMaxBindingBytes(1024);
+      await checkLayerNorm(variant, [33, 20]);
+      await checkLayerNorm(variant, [9, 7]);
+    });
+  }
+  it('names the shapes on bad arguments', async () => {
+    const dev = await getDevice();
+    const x = Tensor.zeros(dev, [3, 8]);
+    const g = Tensor.zeros(dev, [7]);
+    expect(() => layerNorm(x, g, g, 1e-5)).toThrow(/gamma \(7\) and beta \(7\) must have 8 elements for x \(3x8\)/);
+    for (const t of [x, g]) t.release();
+  });
+});
+
+async function checkSoftmax(variant: NormVariant, shape: number[], scale: number) {
+  const dev = await getDevice();
+  const N = shape[shape.length - 1]!;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const xa = randn(n, n + N, scale);
+  const x = Tensor.fromArray(dev, xa, shape);
+  const y = softmax(x, { variant });
+  expectClose(await y.toArray(), refSoftmax(xa, N), 1e-4, `softmax ${variant} ${shape.join('x')}`);
+  for (const t of [x, y]) t.release();
+}
+
+describe('softmax', () => {
+  for (const variant of ALL) {
+    it(`${variant}: is stable for large logits`, async () => {
+      await checkSoftmax(variant, [1], 1);
+      await checkSoftmax(variant, [7, 77], 50);
+      await checkSoftmax(variant, [3, 257], 200);
+      await checkSoftmax(variant, [2, 8, 4096], 30);
+      await checkSoftmax(variant, [1, 1, 16], 1e4);
+      setNormMaxBindingBytes(1024);
+      await checkSoftmax(variant, [20, 36], 5);
+      await checkSoftmax(variant, [9, 77], 5);
+    });
+  }
+});
