@@ -1,0 +1,88 @@
+// Attention and normalisation timings at SD 1.5 shapes, the naive variant beside each.
+// `npm run bench -- kernels` prints these; `tsx bench/kernels-attention.ts [--json]
+// [--quick] [filter]` runs them alone (--quick skips the naive variant).
+import { Tensor, type Device } from '../src/tensor/index.js';
+import { attention } from '../src/kernels/attention.js';
+import { groupNorm, layerNorm } from '../src/kernels/norm.js';
+import { kernelMeasurement, printKernel, timeGpu, type KernelMeasurement } from './common.js';
+
+function rand(n: number, seed: number, scale: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = (s / 4294967296 - 0.5) * 2 * scale;
+  }
+  return out;
+}
+
+export async function benchAttentionNorm(dev: Device, json: boolean, opts: { filter?: string; skipNaive?: boolean } = {}): Promise<KernelMeasurement[]> {
+  const results: KernelMeasurement[] = [];
+  const variants = opts.skipNaive ? [dev.kind] : ['naive', dev.kind];
+  const want = (s: string): boolean => !opts.filter || s.includes(opts.filter);
+  const record = (m: KernelMeasurement): void => {
+    printKernel(m, json);
+    results.push(m);
+  };
+  // The naive kernels take tens of seconds at 4096 tokens: one timed run after the warm-up.
+  const runsOf = (variant: string, big: boolean): number => (variant === 'naive' ? 1 : big ? 3 : 5);
+
+  const H = 8;
+  const d = 40;
+  // Self-attention at SD 1.5's 64x64 latent (4096 tokens) and cross-attention to 77 tokens.
+  for (const [Nq, Nk, probs] of [[4096, 4096, false], [4096, 4096, true], [4096, 77, false], [4096, 77, true]] as const) {
+    const shape = `q(1x${Nq}x${H * d}) k(1x${Nk}x${H * d}) H${H}${probs ? ' +probs' : ''}`;
+    if (!want(`attention ${shape}`)) continue;
+    const q = Tensor.fromArray(dev, rand(Nq * H * d, 1, 1), [1, Nq, H * d]);
+    const k = Tensor.fromArray(dev, rand(Nk * H * d, 2, 1), [1, Nk, H * d]);
+    const v = Tensor.fromArray(dev, rand(Nk * H * d, 3, 1), [1, Nk, H * d]);
+    const probsOut = probs ? Tensor.zeros(dev, [Nq, Nk]) : undefined;
+    for (const variant of variants) {
+      const ms = await timeGpu(dev, () => attention(q, k, v, H, { probsOut, variant: variant as 'naive' }).release(), { warmup: 1, runs: runsOf(variant, Nk > 1000) });
+      // QK^T and PV: 4 * Nq * Nk * d * H (the probs pass's extra QK^T is not counted).
+      record(kernelMeasurement('attention', shape, 'f32', variant, ms, 4 * Nq * Nk * d * H));
+    }
+    for (const t of [q, k, v, probsOut]) t?.release();
+  }
+
+  {
+    const [C, HW, G] = [320, 64, 32];
+    const shape = `(1x${C}x${HW}x${HW}) G${G} +silu`;
+    if (want(`groupNorm ${shape}`)) {
+      const x = Tensor.fromArray(dev, rand(C * HW * HW, 4, 2), [1, C, HW, HW]);
+      const g = Tensor.fromArray(dev, rand(C, 5, 1), [C]);
+      const b = Tensor.fromArray(dev, rand(C, 6, 1), [C]);
+      for (const variant of variants) {
+        const ms = await timeGpu(dev, () => groupNorm(x, G, g, b, 1e-5, { silu: true, variant: variant as 'naive' }).release(), { warmup: 2, runs: 9 });
+        // ~8 flops per element (two statistics passes and the affine + SiLU), for the ratio only.
+        record(kernelMeasurement('groupNorm', shape, 'f32', variant, ms, 8 * C * HW * HW));
+      }
+      for (const t of [x, g, b]) t.release();
+    }
+  }
+  {
+    const [M, C] = [4096, 320];
+    const shape = `(${M}x${C})`;
+    if (want(`layerNorm ${shape}`)) {
+      const x = Tensor.fromArray(dev, rand(M * C, 7, 2), [M, C]);
+      const g = Tensor.fromArray(dev, rand(C, 8, 1), [C]);
+      const b = Tensor.fromArray(dev, rand(C, 9, 1), [C]);
+      for (const variant of variants) {
+        const ms = await timeGpu(dev, () => layerNorm(x, g, b, 1e-5, { variant: variant as 'naive' }).release(), { warmup: 2, runs: 9 });
+        record(kernelMeasurement('layerNorm', shape, 'f32', variant, ms, 7 * M * C));
+      }
+      for (const t of [x, g, b]) t.release();
+    }
+  }
+  return results;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const { Device } = await import('../src/tensor/index.js');
+  const dev = await Device.get();
+  const args = process.argv.slice(2);
+  const json = args.includes('--json');
+  const filter = args.find((a) => !a.startsWith('--'));
+  await benchAttentionNorm(dev, json, { filter, skipNaive: args.includes('--quick') });
+  dev.destroy();
+}

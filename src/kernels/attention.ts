@@ -1,0 +1,322 @@
+// Fused multi-head attention on the layout diffusers has before its head split:
+// q (B, Nq, H*d), k / v (B, Nk, H*d) -> (B, Nq, H*d). The softmax probabilities are never
+// written for the forward result (online softmax over key blocks, f32 statistics). With
+// `probsOut`, a second pass recomputes the scores with the final max / sum and adds the
+// mean over heads into probsOut; the (B, H, Nq, Nk) tensor never exists.
+import { Device, GpuError, Tensor, fillTemplate, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
+
+export type AttentionVariant = 'naive' | 'cpu' | 'gpu';
+
+export interface AttentionOptions {
+  /** Score scale; default d^-0.5. */
+  scale?: number;
+  /** Query i sees keys j <= i (top-left aligned, as torch's tril mask; CLIP's text encoder). */
+  causal?: boolean;
+  /** (B, Nk) of 1 / 0: keys with 0 are excluded from the softmax (score -inf). */
+  keyMask?: Tensor;
+  /** f32 (B, Nq, Nk), or (Nq, Nk) when B is 1 or with probsSumBatch: the head-mean softmax
+   *  probabilities are ADDED into it. */
+  probsOut?: Tensor;
+  /** With probsOut (Nq, Nk): sum the head-mean maps over the batch. */
+  probsSumBatch?: boolean;
+  variant?: AttentionVariant;
+}
+
+const LOG2E = 1.4426950408889634;
+const VARIANTS: AttentionVariant[] = ['naive', 'cpu', 'gpu'];
+
+/** The attention variants, for `doctor`. */
+export function variants(): string[] {
+  return [...VARIANTS];
+}
+
+/** Register-block sizes of the 'cpu' variant, chosen by the sweep in
+ *  bench/kernels-attention.ts (which changes them to measure alternatives). */
+export const attentionTuning = {
+  cpuFwd: { R: 8, JB: 8 },
+  cpuProbs: { R: 4, JB: 4 },
+};
+
+/**
+ * Loader functions for the templated shaders: ldq / ldk / ldv(base, c4) return channels
+ * 4*c4 .. 4*c4+3 of the head row starting at element `base` (zeros past d), sto writes them.
+ * With d % 4 == 0 the buffers are array<vec4<f32>> and every access is one vec4.
+ */
+function loaders(vec: boolean, withV: boolean, withStore: boolean): string {
+  const names: Array<[string, string]> = [['ldq', 'qb'], ['ldk', 'kb']];
+  if (withV) names.push(['ldv', 'vb']);
+  let s = '';
+  for (const [fn, buf] of names) {
+    s += vec
+      ? `fn ${fn}(base: u32, c4: u32) -> vec4<f32> { return ${buf}[base / 4u + c4]; }\n`
+      : `fn ${fn}(base: u32, c4: u32) -> vec4<f32> {
+  let c = c4 * 4u;
+  return vec4<f32>(select(0.0, ${buf}[base + c], c < p.d), select(0.0, ${buf}[base + c + 1u], c + 1u < p.d),
+                   select(0.0, ${buf}[base + c + 2u], c + 2u < p.d), select(0.0, ${buf}[base + c + 3u], c + 3u < p.d));
+}\n`;
+  }
+  if (withStore) {
+    s += vec
+      ? 'fn sto(base: u32, c4: u32, x: vec4<f32>) { ob[base / 4u + c4] = x; }\n'
+      : `fn sto(base: u32, c4: u32, x: vec4<f32>) {
+  let c = c4 * 4u;
+  for (var e = 0u; e < 4u; e++) { if (c + e < p.d) { ob[base + c + e] = x[e]; } }
+}\n`;
+  }
+  return s;
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** Largest head size of the 'cpu' variant's private output rows (d <= 4 * DMAX4). */
+const DMAX4 = 40;
+
+/**
+ * Body of attention_cpu.wgsl for R rows and JB keys per block. Rows and keys are unrolled
+ * into named variables; the loops over d stay rolled (d is a uniform: one pipeline for
+ * every head size), with the output rows in a private array touched once per R x JB
+ * multiply-adds.
+ */
+function cpuForwardBody(R: number, JB: number): string {
+  const rs = range(R);
+  const js = range(JB);
+  const L: string[] = [];
+  L.push('  let d4 = (p.d + 3u) / 4u;');
+  for (const r of rs) {
+    L.push(`  let i${r} = row0 + ${r * 8}u;`);
+    L.push(`  let qo${r} = (b * p.Nq + min(i${r}, p.Nq - 1u)) * p.HD + hoff;`);
+    L.push(`  var m${r} = NEG;`, `  var l${r} = 0.0;`);
+  }
+  L.push(`  var o: array<vec4<f32>, ${R * DMAX4}>;`);
+  L.push(`  for (var c = 0u; c < d4 * ${R}u; c++) { o[c] = vec4<f32>(0.0); }`);
+  L.push(`  for (var j0 = 0u; j0 < kend; j0 += ${JB}u) {`);
+  for (const j of js) {
+    L.push(`    let jc${j} = min(j0 + ${j}u, p.Nk - 1u);`);
+    L.push(`    let ko${j} = (b * p.Nk + jc${j}) * p.HD + hoff;`);
+    L.push(`    var ok${j} = j0 + ${j}u < kend;`);
+    L.push(`    if (p.hasMask != 0u) { ok${j} = ok${j} && mask[b * p.Nk + jc${j}] != 0.0; }`);
+  }
+  for (const r of rs) for (const j of js) L.push(`    var s${r}_${j} = 0.0;`);
+  L.push('    for (var c = 0u; c < d4; c++) {');
+  for (const r of rs) L.push(`      let q${r} = ldq(qo${r}, c);`);
+  for (const j of js) L.push(`      let k${j} = ldk(ko${j}, c);`);
+  for (const r of rs) for (const j of js) L.push(`      s${r}_${j} += dot(q${r}, k${j});`);
+  L.push('    }');
+  for (const r of rs) {
+    for (const j of js) L.push(`    let ok${r}_${j} = ok${j} && (p.causal == 0u || j0 + ${j}u <= i${r});`);
+    for (const j of js) L.push(`    let t${r}_${j} = select(NEG, s${r}_${j} * p.scale2, ok${r}_${j});`);
+    const mx = js.reduce((acc, j) => `max(${acc}, t${r}_${j})`, `m${r}`);
+    L.push(`    let mx${r} = ${mx};`);
+    L.push(`    let al${r} = exp2(m${r} - mx${r});`);
+    for (const j of js) L.push(`    let p${r}_${j} = select(0.0, exp2(t${r}_${j} - mx${r}), ok${r}_${j});`);
+    L.push(`    l${r} = l${r} * al${r} + ${js.map((j) => `p${r}_${j}`).join(' + ')};`);
+    L.push(`    m${r} = mx${r};`);
+  }
+  L.push('    for (var c = 0u; c < d4; c++) {');
+  for (const j of js) L.push(`      let v${j} = ldv(ko${j}, c);`);
+  L.push(`      let oc = c * ${R}u;`);
+  for (const r of rs) L.push(`      o[oc + ${r}u] = o[oc + ${r}u] * al${r} + ${js.map((j) => `p${r}_${j} * v${j}`).join(' + ')};`);
+  L.push('    }');
+  L.push('  }');
+  for (const r of rs) {
+    L.push(`  if (i${r} < p.Nq) {`);
+    // A query with no visible key (all masked) gets zeros rather than NaN.
+    L.push(`    let inv = select(0.0, 1.0 / l${r}, l${r} > 0.0);`);
+    L.push(`    for (var c = 0u; c < d4; c++) { sto(qo${r}, c, o[c * ${R}u + ${r}u] * inv); }`);
+    L.push(`    if (p.wantStats != 0u) { let si = (bh * p.Nq + i${r}) * 2u; stats[si] = m${r}; stats[si + 1u] = l${r}; }`);
+    L.push('  }');
+  }
+  return L.join('\n');
+}
+
+/** Body of attention_probs_cpu.wgsl for R rows x JB keys, unrolled as cpuForwardBody. */
+function cpuProbsBody(R: number, JB: number): string {
+  const rs = range(R);
+  const js = range(JB);
+  const L: string[] = [];
+  L.push('  let d4 = (p.d + 3u) / 4u;');
+  for (const r of rs) L.push(`  let ir${r} = min(i0 + ${r}u, p.Nq - 1u);`);
+  for (const j of js) L.push(`  let jk${j} = min(j0 + ${j * 8}u, p.Nk - 1u);`);
+  for (const r of rs) for (const j of js) L.push(`  var a${r}_${j} = 0.0;`);
+  L.push('  for (var b = b0; b < b1; b++) {');
+  for (const j of js) {
+    L.push(`    var keep${j} = true;`);
+    L.push(`    if (p.hasMask != 0u) { keep${j} = mask[b * p.Nk + jk${j}] != 0.0; }`);
+    L.push(`    let ko${j} = (b * p.Nk + jk${j}) * p.HD;`);
+  }
+  for (const r of rs) L.push(`    let qo${r} = (b * p.Nq + ir${r}) * p.HD;`);
+  L.push('    for (var h = 0u; h < p.H; h++) {');
+  L.push('      let hoff = h * p.d;');
+  for (const r of rs) for (const j of js) L.push(`      var s${r}_${j} = 0.0;`);
+  L.push('      for (var c = 0u; c < d4; c++) {');
+  for (const r of rs) L.push(`        let q${r} = ldq(qo${r} + hoff, c);`);
+  for (const j of js) L.push(`        let k${j} = ldk(ko${j} + hoff, c);`);
+  for (const r of rs) for (const j of js) L.push(`        s${r}_${j} += dot(q${r}, k${j});`);
+  L.push('      }');
+  for (const r of rs) {
+    L.push(`      let si${r} = ((b * p.H + h) * p.Nq + ir${r}) * 2u;`);
+    L.push(`      let mx${r} = stats[si${r}];`);
+    L.push(`      let inv${r} = select(0.0, 1.0 / stats[si${r} + 1u], stats[si${r} + 1u] > 0.0);`);
+    // A masked key may score above the row max: select, never multiply, to drop it.
+    for (const j of js) L.push(`      a${r}_${j} += select(0.0, exp2(s${r}_${j} * p.scale2 - mx${r}) * inv${r}, keep${j});`);
+  }
+  L.push('    }');
+  L.push('  }');
+  for (const r of rs) {
+    L.push(`  if (i0 + ${r}u < p.Nq) {`);
+    for (const j of js) {
+      L.push(`    if (j0 + ${j * 8}u < p.Nk && (p.causal == 0u || j0 + ${j * 8}u <= i0 + ${r}u)) {`);
+      L.push(`      let pi = (pl * p.Nq + i0 + ${r}u) * p.Nk + j0 + ${j * 8}u;`);
+      L.push(`      probs[pi] += a${r}_${j} * p.invH;`);
+      L.push('    }');
+    }
+    L.push('  }');
+  }
+  return L.join('\n');
+}
+
+function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean): string {
+  const fwd = name === 'attention_cpu';
+  return fillTemplate(loadShader(name), {
+    R,
+    JB,
+    ELEM: vec ? 'vec4<f32>' : 'f32',
+    LOADERS: loaders(vec, fwd, fwd),
+    BODY: fwd ? cpuForwardBody(R, JB) : cpuProbsBody(R, JB),
+  });
+}
+
+function defaultVariant(dev: Device): AttentionVariant {
+  return dev.kind === 'cpu' ? 'cpu' : 'gpu';
+}
+
+/**
+ * Multi-head scaled dot-product attention.
+ * q (B, Nq, H*d), k (B, Nk, H*d), v (B, Nk, H*d) f32 -> (B, Nq, H*d) f32.
+ * out[b, i, h*d:(h+1)*d] = softmax_j(scale * q_h[i] . k_h[j]) @ v_h.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: AttentionOptions = {}): Tensor {
+  const dev = q.device;
+  for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
+    if (t.dtype !== 'f32') throw new GpuError(`attention: ${name} must be f32, got dtype ${t.dtype}`);
+    if (t.rank !== 3) throw new GpuError(`attention: ${name} must be (B, N, H*d), got ${shapeStr(t.shape)}`);
+  }
+  const [B, Nq, HD] = q.shape as [number, number, number];
+  const [Bk, Nk, HDk] = k.shape as [number, number, number];
+  if (Bk !== B || HDk !== HD) throw new GpuError(`attention: q and k differ in batch or width: q ${shapeStr(q.shape)} vs k ${shapeStr(k.shape)}`);
+  if (v.shape[0] !== Bk || v.shape[1] !== Nk || v.shape[2] !== HDk) {
+    throw new GpuError(`attention: k and v shapes differ: k ${shapeStr(k.shape)} vs v ${shapeStr(v.shape)}`);
+  }
+  if (!Number.isInteger(heads) || heads < 1 || HD % heads !== 0) {
+    throw new GpuError(`attention: width ${HD} of q ${shapeStr(q.shape)} is not divisible by heads = ${heads}`);
+  }
+  const H = heads;
+  const d = HD / H;
+  const { keyMask, probsOut } = opts;
+  if (keyMask) {
+    if (keyMask.dtype !== 'f32') throw new GpuError(`attention: keyMask must be f32, got dtype ${keyMask.dtype}`);
+    if (keyMask.rank !== 2 || keyMask.shape[0] !== B || keyMask.shape[1] !== Nk) {
+      throw new GpuError(`attention: keyMask ${shapeStr(keyMask.shape)} does not match keys: expected (${B}x${Nk}) for k ${shapeStr(k.shape)}`);
+    }
+  }
+  const sumBatch = Boolean(opts.probsSumBatch);
+  if (probsOut) {
+    if (probsOut.dtype !== 'f32') throw new GpuError(`attention: probsOut must be f32, got dtype ${probsOut.dtype}`);
+    const s = probsOut.shape;
+    const ok3 = s.length === 3 && s[0] === B && s[1] === Nq && s[2] === Nk && (!sumBatch || B === 1);
+    const ok2 = s.length === 2 && s[0] === Nq && s[1] === Nk && (B === 1 || sumBatch);
+    if (!ok3 && !ok2) {
+      const want = sumBatch ? `(${Nq}x${Nk})` : `(${B}x${Nq}x${Nk})${B === 1 ? ` or (${Nq}x${Nk})` : ''}`;
+      throw new GpuError(`attention: probsOut ${shapeStr(s)} does not match q ${shapeStr(q.shape)} and k ${shapeStr(k.shape)}: expected ${want}${sumBatch ? ' with probsSumBatch' : ''}`);
+    }
+  }
+  const scale = opts.scale ?? 1 / Math.sqrt(d);
+  const causal = Boolean(opts.causal);
+  const variant = opts.variant ?? defaultVariant(dev);
+  if (!VARIANTS.includes(variant)) throw new GpuError(`attention: unknown variant "${variant}" (have ${VARIANTS.join(', ')})`);
+
+  const out = Tensor.empty(dev, [B, Nq, HD], 'f32', 'attention out');
+  if (B * Nq * HD === 0) return out;
+  const label = `attention q${shapeStr(q.shape)} k${shapeStr(k.shape)} H${H}`;
+  const maskBinding = keyMask ? keyMask.binding() : q.binding();
+  const stats = probsOut ? Tensor.empty(dev, [B, H, Nq, 2], 'f32', 'attention stats') : Tensor.empty(dev, [1], 'f32', 'attention stats (unused)');
+  try {
+    const scale2 = scale * LOG2E;
+    const uni = (nx: number, nRG: number) =>
+      uniforms([
+        ['u', B], ['u', Nq], ['u', Nk], ['u', H],
+        ['u', d], ['u', HD], ['u', causal ? 1 : 0], ['u', keyMask ? 1 : 0],
+        ['u', probsOut ? 1 : 0], ['u', nx], ['u', nRG], ['f', scale2],
+      ]);
+    const bindings = [q.binding(), k.binding(), v.binding(), maskBinding, out.binding(), stats.binding()];
+    // Head sizes above the 'cpu' kernel's private rows (none in SD / CLIP) take the naive kernel.
+    if (variant === 'naive' || Nk === 0 || (variant === 'cpu' && d > 4 * DMAX4)) {
+      const pipe = dev.pipeline('attention_naive', () => loadShader('attention_naive'));
+      const wg = grid1d(Math.ceil((B * H * Nq) / 64));
+      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], 0), bindings, workgroups: wg });
+    } else if (variant === 'cpu') {
+      const { R, JB } = attentionTuning.cpuFwd;
+      const vec = d % 4 === 0;
+      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}`, () => cpuShader('attention_cpu', R, JB, vec));
+      const nRG = Math.ceil(Nq / (8 * R));
+      const wg = grid1d(B * H * nRG);
+      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
+    } else {
+      attentionGpu(dev, label, bindings, d, uni);
+    }
+    if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant });
+  } finally {
+    stats.release();
+  }
+  return out;
+}
+
+interface ProbsArgs {
+  B: number; Nq: number; Nk: number; H: number; d: number; HD: number;
+  causal: boolean; hasMask: boolean; sumBatch: boolean; scale2: number; variant: AttentionVariant;
+}
+
+/** Adds the head-mean probabilities into probsOut, binding it in windows of whole planes
+ *  when it exceeds the storage binding limit. */
+function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnType<Tensor['binding']>, stats: Tensor, probsOut: Tensor, a: ProbsArgs): void {
+  const planes = probsOut.rank === 3 ? probsOut.shape[0]! : 1;
+  const planeBytes = a.Nq * a.Nk * 4;
+  const limit = dev.limits.maxStorageBufferBindingSize;
+  let perDispatch = planes;
+  if (planes * planeBytes > limit) {
+    if (planeBytes > limit || planeBytes % 256 !== 0) {
+      throw new GpuError(`attention: probsOut ${shapeStr(probsOut.shape)} exceeds the storage binding limit (${limit} bytes) and its (Nq, Nk) planes cannot be bound as aligned windows`);
+    }
+    perDispatch = Math.floor(limit / planeBytes);
+  }
+  const label = `attention probs ${shapeStr(probsOut.shape)} H${a.H}`;
+  const useCpu = a.variant !== 'naive';
+  const { R, JB } = attentionTuning.cpuProbs;
+  const pipe = useCpu
+    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${a.d % 4 === 0 ? 'vec4' : 'f32'}`, () => cpuShader('attention_probs_cpu', R, JB, a.d % 4 === 0))
+    : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
+  for (let p0 = 0; p0 < planes; p0 += perDispatch) {
+    const n = Math.min(perDispatch, planes - p0);
+    const nRB = Math.ceil(a.Nq / R);
+    const nKB = Math.ceil(a.Nk / (8 * JB));
+    const wg = useCpu ? grid1d(n * nRB * nKB) : grid1d(Math.ceil((n * a.Nq * a.Nk) / 64));
+    const u = uniforms([
+      ['u', a.B], ['u', a.Nq], ['u', a.Nk], ['u', a.H],
+      ['u', a.d], ['u', a.HD], ['u', a.causal ? 1 : 0], ['u', a.hasMask ? 1 : 0],
+      ['u', a.sumBatch ? 1 : 0], ['u', wg[0]], ['u', p0], ['u', n],
+      ['f', a.scale2], ['f', 1 / a.H], ['u', nRB], ['u', nKB],
+    ]);
+    dev.dispatch({
+      label,
+      family: 'attention',
+      pipeline: pipe,
+      uniforms: u,
+      bindings: [q.binding(), k.binding(), maskBinding, stats.binding(), probsOut.window(p0 * planeBytes, n * planeBytes)],
+      workgroups: wg,
+    });
+  }
+}
+
+function attentionGpu(_dev: Device, _label: string, _bindings: unknown, _d: number, _uni: unknown): void {
+  throw new GpuError('attention: variant gpu not implemented yet');
+}

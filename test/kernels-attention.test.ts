@@ -1,0 +1,182 @@
+import { describe, expect, it } from 'vitest';
+import { Tensor } from '../src/tensor/index.js';
+import { attention, variants, type AttentionVariant } from '../src/kernels/attention.js';
+import { expectClose, getDevice, randn } from './helpers/gpu.js';
+
+interface RefOpts {
+  scale?: number;
+  causal?: boolean;
+  mask?: Float32Array;
+  rows?: number[];
+}
+
+/**
+ * Plain-TS attention for query rows `rows` (default all): returns the output rows
+ * (rows.length, H*d) per batch and the head-mean probabilities (rows.length, Nk) per batch.
+ */
+function refAttention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, Nq: number, Nk: number, H: number, d: number, o: RefOpts = {}) {
+  const HD = H * d;
+  const rows = o.rows ?? Array.from({ length: Nq }, (_, i) => i);
+  const scale = o.scale ?? 1 / Math.sqrt(d);
+  const out = new Float64Array(B * rows.length * HD);
+  const probs = new Float64Array(B * rows.length * Nk);
+  const s = new Float64Array(Nk);
+  for (let b = 0; b < B; b++) {
+    rows.forEach((i, ri) => {
+      for (let h = 0; h < H; h++) {
+        let mx = -Infinity;
+        for (let j = 0; j < Nk; j++) {
+          const visible = (!o.causal || j <= i) && (!o.mask || o.mask[b * Nk + j] !== 0);
+          if (!visible) {
+            s[j] = -Infinity;
+            continue;
+          }
+          let acc = 0;
+          for (let c = 0; c < d; c++) acc += q[(b * Nq + i) * HD + h * d + c]! * k[(b * Nk + j) * HD + h * d + c]!;
+          s[j] = acc * scale;
+          mx = Math.max(mx, s[j]!);
+        }
+        let sum = 0;
+        for (let j = 0; j < Nk; j++) {
+          s[j] = s[j] === -Infinity ? 0 : Math.exp(s[j]! - mx);
+          sum += s[j]!;
+        }
+        for (let j = 0; j < Nk; j++) {
+          const pj = sum > 0 ? s[j]! / sum : 0;
+          probs[(b * rows.length + ri) * Nk + j] += pj / H;
+          if (pj === 0) continue;
+          for (let c = 0; c < d; c++) out[(b * rows.length + ri) * HD + h * d + c] += pj * v[(b * Nk + j) * HD + h * d + c]!;
+        }
+      }
+    });
+  }
+  return { out, probs };
+}
+
+/** Picks the rows `rows` of a (B, N, W) array. */
+function pickRows(a: Float32Array, B: number, N: number, W: number, rows: number[]): Float32Array {
+  const r = new Float32Array(B * rows.length * W);
+  for (let b = 0; b < B; b++) rows.forEach((i, ri) => r.set(a.subarray((b * N + i) * W, (b * N + i + 1) * W), (b * rows.length + ri) * W));
+  return r;
+}
+
+const ALL = (variants() as AttentionVariant[]).filter((v) => v !== 'gpu');
+
+async function runCase(variant: AttentionVariant, B: number, Nq: number, Nk: number, H: number, d: number, o: { causal?: boolean; mask?: boolean; probs?: boolean; seed?: number; scale?: number } = {}) {
+  const dev = await getDevice();
+  const seed = o.seed ?? Nq * 31 + Nk * 7 + d;
+  const HD = H * d;
+  const qa = randn(B * Nq * HD, seed, 1.5);
+  const ka = randn(B * Nk * HD, seed + 1, 1.5);
+  const va = randn(B * Nk * HD, seed + 2);
+  let maskA: Float32Array | undefined;
+  if (o.mask) {
+    maskA = new Float32Array(B * Nk).fill(1);
+    // Padding keys at the end (as a CLIP attention mask), different per batch, plus one hole.
+    for (let b = 0; b < B; b++) for (let j = Math.max(1, Nk - 3 - 2 * b); j < Nk; j++) maskA[b * Nk + j] = 0;
+    if (Nk > 4) maskA[2] = 0;
+  }
+  const qt = Tensor.fromArray(dev, qa, [B, Nq, HD]);
+  const kt = Tensor.fromArray(dev, ka, [B, Nk, HD]);
+  const vt = Tensor.fromArray(dev, va, [B, Nk, HD]);
+  const mt = maskA ? Tensor.fromArray(dev, maskA, [B, Nk]) : undefined;
+  const pt = o.probs ? Tensor.zeros(dev, [B, Nq, Nk]) : undefined;
+  const ot = attention(qt, kt, vt, H, { causal: o.causal, keyMask: mt, probsOut: pt, variant, scale: o.scale });
+  const got = await ot.toArray();
+  const ref = refAttention(qa, ka, va, B, Nq, Nk, H, d, { causal: o.causal, mask: maskA, scale: o.scale });
+  const what = `${variant} B${B} Nq${Nq} Nk${Nk} H${H} d${d}${o.causal ? ' causal' : ''}${o.mask ? ' mask' : ''}`;
+  expectClose(got, ref.out, 1e-4, `${what} out`);
+  if (pt) expectClose(await pt.toArray(), ref.probs, 1e-4, `${what} probs`);
+  for (const t of [qt, kt, vt, mt, pt, ot]) t?.release();
+}
+
+describe('attention', () => {
+  for (const variant of ALL) {
+    describe(variant, () => {
+      it('matches the reference on odd shapes and head sizes', async () => {
+        await runCase(variant, 1, 1, 1, 1, 4);
+        await runCase(variant, 2, 7, 7, 3, 8);
+        await runCase(variant, 1, 16, 77, 2, 5, { probs: true });
+        await runCase(variant, 2, 77, 77, 5, 4);
+        await runCase(variant, 1, 257, 33, 2, 40, { probs: true });
+        await runCase(variant, 1, 64, 64, 2, 80, { scale: 0.3 });
+        await runCase(variant, 1, 20, 9, 1, 160);
+      });
+
+      it('causal with a key mask (CLIP text encoder) and probsOut', async () => {
+        await runCase(variant, 2, 77, 77, 3, 8, { causal: true, mask: true, probs: true });
+        await runCase(variant, 1, 77, 77, 2, 64, { causal: true, probs: true });
+        await runCase(variant, 2, 7, 7, 2, 5, { causal: true, mask: true });
+        await runCase(variant, 1, 257, 257, 2, 4, { causal: true, probs: true });
+      });
+
+      it('cross-attention with a key mask and 77 keys', async () => {
+        await runCase(variant, 2, 256, 77, 4, 8, { mask: true, probs: true });
+      });
+
+      it('probsOut accumulates over calls and sums over the batch', async () => {
+        const dev = await getDevice();
+        const [B, Nq, Nk, H, d] = [3, 33, 77, 2, 8];
+        const qa = randn(B * Nq * H * d, 11, 2);
+        const ka = randn(B * Nk * H * d, 12, 2);
+        const va = randn(B * Nk * H * d, 13);
+        const q = Tensor.fromArray(dev, qa, [B, Nq, H * d]);
+        const k = Tensor.fromArray(dev, ka, [B, Nk, H * d]);
+        const v = Tensor.fromArray(dev, va, [B, Nk, H * d]);
+        const ref = refAttention(qa, ka, va, B, Nq, Nk, H, d).probs;
+        const per = Tensor.zeros(dev, [B, Nq, Nk]);
+        const summed = Tensor.zeros(dev, [Nq, Nk]);
+        for (let call = 0; call < 2; call++) {
+          attention(q, k, v, H, { probsOut: per, variant }).release();
+          attention(q, k, v, H, { probsOut: summed, probsSumBatch: true, variant }).release();
+        }
+        const twice = ref.map((x) => 2 * x);
+        expectClose(await per.toArray(), twice, 1e-4, `${variant} probs twice`);
+        const sum = new Float64Array(Nq * Nk);
+        for (let b = 0; b < B; b++) for (let e = 0; e < Nq * Nk; e++) sum[e] += twice[b * Nq * Nk + e]!;
+        expectClose(await summed.toArray(), sum, 1e-4, `${variant} probs summed over batch`);
+        // Each row of the head-mean map of one call sums to 1.
+        const one = (await per.toArray()).subarray(0, Nk).reduce((a, x) => a + x, 0);
+        expect(one).toBeCloseTo(2, 4);
+        for (const t of [q, k, v, per, summed]) t.release();
+      });
+
+      // The naive kernels take ~1.5 minutes here on lavapipe; they are checked on the smaller shapes.
+      it.skipIf(variant === 'naive')('4096-token self-attention (H 8, d 40) on sampled rows, with probsOut', async () => {
+        const dev = await getDevice();
+        const [N, H, d] = [4096, 8, 40];
+        const qa = randn(N * H * d, 21, 2);
+        const ka = randn(N * H * d, 22, 2);
+        const va = randn(N * H * d, 23);
+        const q = Tensor.fromArray(dev, qa, [1, N, H * d]);
+        const k = Tensor.fromArray(dev, ka, [1, N, H * d]);
+        const v = Tensor.fromArray(dev, va, [1, N, H * d]);
+        const probs = Tensor.zeros(dev, [N, N]);
+        const out = attention(q, k, v, H, { probsOut: probs, variant });
+        const rows = [0, 1, 7, 63, 64, 65, 1000, 2047, 4031, 4095];
+        const ref = refAttention(qa, ka, va, 1, N, N, H, d, { rows });
+        expectClose(pickRows(await out.toArray(), 1, N, H * d, rows), ref.out, 1e-4, `${variant} 4096 out`);
+        expectClose(pickRows(await probs.toArray(), 1, N, N, rows), ref.probs, 1e-4, `${variant} 4096 probs`);
+        for (const t of [q, k, v, probs, out]) t.release();
+      });
+    });
+  }
+
+  it('names both shapes on mismatches', async () => {
+    const dev = await getDevice();
+    const q = Tensor.zeros(dev, [2, 16, 64]);
+    const k = Tensor.zeros(dev, [2, 77, 64]);
+    const v = Tensor.zeros(dev, [2, 77, 32]);
+    const k3 = Tensor.zeros(dev, [2, 77, 48]);
+    expect(() => attention(q, k3, k3, 4)).toThrow(/q \(2x16x64\) vs k \(2x77x48\)/);
+    expect(() => attention(q, k, v, 4)).toThrow(/k \(2x77x64\) vs v \(2x77x32\)/);
+    expect(() => attention(q, k, k, 5)).toThrow(/not divisible by heads = 5/);
+    const badMask = Tensor.zeros(dev, [2, 76]);
+    expect(() => attention(q, k, k, 4, { keyMask: badMask })).toThrow(/keyMask \(2x76\).*\(2x77\)/);
+    const badProbs = Tensor.zeros(dev, [16, 77]);
+    expect(() => attention(q, k, k, 4, { probsOut: badProbs })).toThrow(/probsOut \(16x77\).*q \(2x16x64\).*k \(2x77x64\).*\(2x16x77\)/);
+    const q16 = Tensor.zeros(dev, [2, 16, 64], 'f16');
+    expect(() => attention(q16, k, k, 4)).toThrow(/attention: q must be f32, got dtype f16/);
+    for (const t of [q, k, v, k3, badMask, badProbs, q16]) t.release();
+  });
+});
