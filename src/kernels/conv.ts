@@ -1,11 +1,20 @@
-// 2-D convolution, NCHW: out = act(conv(x, w) + bias) + residual.
-// shaders/conv_naive.wgsl: one output element per invocation (the reference variant).
-// Tensors above the storage-binding limit are processed per batch item in windows over
-// output channels, and over input channels with accumulation into the output.
-import { GpuError, Tensor, fillTemplate, grid1d, loadShader, shapeStr, uniforms, type Binding, type Device } from '../tensor/index.js';
-import { bindingAlign, dummy, maxBindingBytes } from './matmul.js';
+// 2-D convolution, NCHW, with the matmul epilogue (bias, activation, residual) fused.
+// Variants: 'naive' (shaders/conv_naive.wgsl, one output per invocation); 'cpu' (lavapipe:
+// 1x1 convs through the register-blocked matmul, other kernels as a direct convolution,
+// shaders/conv_cpu.wgsl, over weights re-laid out once as (ci, ky, kx, co)); 'gpu'
+// (implicit GEMM with shared-memory tiles, shaders/conv_gpu.wgsl).
+//
+// Inputs, weights or outputs larger than one storage binding are split into chunks of
+// output channels and input channels; input-channel chunks after the first accumulate
+// into the output (the epilogue's ACCUM flag), the activation and residual come with the
+// last one.
+import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
+import {
+  ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, windowFor,
+  type Act, type MatmulVariant,
+} from './matmul.js';
 
-export type ConvVariant = 'naive';
+export type ConvVariant = MatmulVariant;
 
 export interface Conv2dOptions {
   /** (Co) */
@@ -15,96 +24,247 @@ export interface Conv2dOptions {
   padding?: number | readonly [number, number, number, number];
   /** (B, Co, Ho, Wo), added after the activation. */
   residual?: Tensor;
-  act?: 'none' | 'silu';
+  act?: Act;
   variant?: ConvVariant;
 }
 
+/** Kernel variants of conv2d, for `doctor` and tests. */
 export function convVariants(): string[] {
-  return ['naive'];
+  return ['naive', 'cpu', 'gpu'];
 }
 
-function pipelineFor(dev: Device, f16: boolean): GPUComputePipeline {
-  return dev.pipeline(`conv_naive_${f16 ? 'f16' : 'f32'}`, () =>
-    fillTemplate(loadShader('conv_naive'), {
-      WTYPE: f16 ? 'u32' : 'f32',
-      WREAD: f16 ? '  return unpack2x16float(w[i >> 1u])[i & 1u];' : '  return w[i];',
-    }),
-  );
+// Register block of the direct conv (benchmarked in bench/kernels-matmul.ts).
+const DIRECT = parseBlock(process.env.ELBO_CONV_TILE) ?? { PW: 8, CV: 4 };
+const GPU_TILE = 64;
+
+function parseBlock(s: string | undefined): { PW: number; CV: number } | undefined {
+  const m = s ? /^(\d+)x(\d+)$/.exec(s) : null;
+  return m ? { PW: Number(m[1]), CV: Number(m[2]) } : undefined;
 }
 
-/** A window of `bytes` bytes at byte `start` of t, aligned down; returns binding + element base. */
-function windowOf(dev: Device, t: Tensor, start: number, bytes: number): { binding: Binding; base: number } {
-  const align = bindingAlign(dev);
-  const a = Math.floor(start / align) * align;
-  const size = Math.min(t.buffer.size - a, Math.ceil((start - a + bytes) / 4) * 4);
-  return { binding: { buffer: t.buffer, offset: a, size: Math.max(4, size) }, base: (start - a) / 4 };
+// ------------------------------------------------------------------ weight re-layout
+// One (ci, ky, kx, co) copy per weight tensor, made on first use. It lives as long as the
+// weight object: released when the weight is garbage-collected.
+const relaid = new WeakMap<Tensor, Tensor>();
+const relaidFinalizer = new FinalizationRegistry<Tensor>((t) => t.release());
+
+function relaidWeights(w: Tensor): Tensor {
+  let t = relaid.get(w);
+  if (t && !t.released) return t;
+  const dev = w.device;
+  const [Co, Ci, kh, kw] = w.shape as [number, number, number, number];
+  if (w.byteSize > dev.limits.maxStorageBufferBindingSize) {
+    throw new GpuError(`conv2d: weight ${w.describe()} is larger than one storage binding (${dev.limits.maxStorageBufferBindingSize} bytes); use variant 'naive' or 'gpu'`);
+  }
+  t = keep(Tensor.empty(dev, [Ci, kh, kw, Co], w.dtype, 'conv weight (ci,ky,kx,co)'));
+  const f16 = w.dtype === 'f16';
+  const pipeline = dev.pipeline(`conv_relayout:${w.dtype}`, () => buildShader('conv_relayout', { F16: f16 }, { ELEM: f16 ? 'u32' : 'f32' }));
+  const n = w.numel;
+  const groups = Math.ceil((f16 ? Math.ceil(n / 2) : n) / 64);
+  const [gx, gy] = grid1d(groups, dev.limits.maxComputeWorkgroupsPerDimension);
+  dev.dispatch({
+    label: `conv2d relayout ${w.describe()}`,
+    family: 'conv2d',
+    pipeline,
+    uniforms: uniforms([['u', Co], ['u', Ci], ['u', kh * kw], ['u', n], ['u', gx]]),
+    bindings: [w.binding(), t.binding()],
+    workgroups: [gx, gy],
+  });
+  relaid.set(w, t);
+  relaidFinalizer.register(w, t);
+  return t;
 }
 
-/** x (B, Ci, H, W), w (Co, Ci, kh, kw) f32 or f16 -> (B, Co, Ho, Wo). */
+// ------------------------------------------------------------------ public op
+/**
+ * x (B, Ci, H, W) conv w (Co, Ci, kh, kw) -> (B, Co, Ho, Wo) f32 with
+ * Ho = floor((H + padTop + padBottom - kh) / stride) + 1 (likewise Wo);
+ * out = act(conv + bias) + residual. w may be f16; accumulation is f32.
+ */
 export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
+  const op = 'conv2d';
   const dev = x.device;
-  if (x.rank !== 4 || w.rank !== 4) throw new GpuError(`conv2d: expected x (B, Ci, H, W) and w (Co, Ci, kh, kw), got x ${shapeStr(x.shape)} and w ${shapeStr(w.shape)}`);
+  if (x.dtype !== 'f32') throw new GpuError(`${op}: x must be f32, got ${x.dtype} (weights may be f16)`);
+  if (x.rank !== 4 || w.rank !== 4) throw new GpuError(`${op}: expected x (B, Ci, H, W) and w (Co, Ci, kh, kw), got x ${shapeStr(x.shape)} and w ${shapeStr(w.shape)}`);
   const [B, Ci, H, W] = x.shape as [number, number, number, number];
-  const [Co, Ciw, kh, kw] = w.shape as [number, number, number, number];
-  if (Ci !== Ciw) throw new GpuError(`conv2d: input channels differ: x ${shapeStr(x.shape)} has ${Ci}, w ${shapeStr(w.shape)} expects ${Ciw}`);
-  if (x.dtype !== 'f32') throw new GpuError(`conv2d: input dtype ${x.dtype} is not supported (f32 activations; weights may be f16)`);
+  const [Co, wCi, kh, kw] = w.shape as [number, number, number, number];
+  if (wCi !== Ci) throw new GpuError(`${op}: input channels differ: x ${shapeStr(x.shape)} vs w ${shapeStr(w.shape)}`);
   const stride = opts.stride ?? 1;
-  const pad = opts.padding ?? 0;
-  const [pt, pb, pl, pr] = typeof pad === 'number' ? [pad, pad, pad, pad] : pad;
+  const padding = opts.padding ?? 0;
+  const [pt, pb, pl, pr] = typeof padding === 'number' ? [padding, padding, padding, padding] : padding;
+  if (!(Number.isInteger(stride) && stride >= 1 && [pt, pb, pl, pr].every((v) => Number.isInteger(v) && v >= 0))) {
+    throw new GpuError(`${op}: stride ${stride} must be an integer >= 1 and padding ${JSON.stringify(padding)} integers >= 0`);
+  }
   const Ho = Math.floor((H + pt + pb - kh) / stride) + 1;
   const Wo = Math.floor((W + pl + pr - kw) / stride) + 1;
-  if (Ho <= 0 || Wo <= 0) throw new GpuError(`conv2d: output would be empty for x ${shapeStr(x.shape)}, kernel ${kh}x${kw}, stride ${stride}, padding ${pad}`);
-  if (pb !== pt && Ho !== Math.floor((H + pt + pb - kh) / stride) + 1) throw new GpuError('conv2d: bad padding');
-  if (opts.bias && (opts.bias.rank !== 1 || opts.bias.shape[0] !== Co)) throw new GpuError(`conv2d: bias ${shapeStr(opts.bias.shape)} must be (${Co})`);
+  if (Ho < 1 || Wo < 1) throw new GpuError(`${op}: kernel ${kh}x${kw} does not fit x ${shapeStr(x.shape)} with padding ${JSON.stringify(padding)}`);
   const outShape = [B, Co, Ho, Wo];
-  const r = opts.residual;
-  if (r && r.shape.join() !== outShape.join()) throw new GpuError(`conv2d: residual ${shapeStr(r.shape)} must match the output ${shapeStr(outShape)}`);
+  if (opts.bias && opts.bias.numel !== Co) throw new GpuError(`${op}: bias ${shapeStr(opts.bias.shape)} does not match w ${shapeStr(w.shape)}`);
+  if (opts.residual) {
+    const r = opts.residual;
+    if (r.dtype !== 'f32') throw new GpuError(`${op}: residual must be f32, got ${r.dtype}`);
+    if (r.rank !== 4 || r.shape.some((d, i) => d !== outShape[i])) {
+      throw new GpuError(`${op}: residual ${shapeStr(r.shape)} does not match the output ${shapeStr(outShape)}`);
+    }
+  }
+  const variant = opts.variant ?? dev.kind;
   const out = Tensor.empty(dev, outShape, 'f32', 'conv2d out');
-  const pipe = pipelineFor(dev, w.dtype === 'f16');
-  const limit = maxBindingBytes(dev) - 2 * bindingAlign(dev);
-  const label = `conv2d x${shapeStr(x.shape)} w${shapeStr(w.shape)}`;
-  const d = dummy(dev).binding();
-  const HW = H * W;
+  const label = `${op} ${shapeStr(x.shape)}*${shapeStr(w.shape)}${stride > 1 ? ` s${stride}` : ''}${pt + pb + pl + pr ? ` p${pt},${pb},${pl},${pr}` : ''}`;
+  const act = opts.act ?? 'none';
+  if (B === 0 || Co === 0) return out;
+  if (Ci === 0) throw new GpuError(`${op}: x ${shapeStr(x.shape)} has no input channels`);
+
+  if (variant === 'cpu' && kh === 1 && kw === 1 && stride === 1 && pt + pb + pl + pr === 0) {
+    // 1x1: out[b] (Co, HW) = W (Co, Ci) @ x[b] (Ci, HW), computed as its transpose
+    // (HW, Co) = x[b]^T @ W^T so the weights are the kernel's b (where f16 is read packed)
+    // and written back through strides as NCHW.
+    const HW = H * W;
+    runGemm(dev, {
+      label,
+      M: HW,
+      N: Co,
+      K: Ci,
+      batch: B,
+      a: { t: x, off: 0, rs: 1, cs: HW, bs: Ci * HW },
+      b: { t: w, off: 0, rs: 1, cs: Ci, bs: 0 },
+      out: { t: out, off: 0, rs: 1, cs: HW, bs: Co * HW },
+      res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
+      bias: opts.bias ? { t: opts.bias, off: 0 } : undefined,
+      alpha: 1,
+      act,
+      variant: 'cpu',
+    });
+    return out;
+  }
+
+  const direct = variant === 'cpu';
+  const wt = direct ? relaidWeights(w) : w;
+  const taps = kh * kw;
   const HWo = Ho * Wo;
-  const fits = x.byteSize <= limit && out.byteSize <= limit;
-  const flagsBase = (opts.act === 'silu' ? 8 : 0) | 0;
-  const run = (b0: number, nb: number, ci0: number, ciN: number, co0: number, coN: number): void => {
-    const xw = windowOf(dev, x, (b0 * Ci * HW + ci0 * HW) * 4, ((nb - 1) * Ci * HW + ciN * HW) * 4);
-    const ow = windowOf(dev, out, (b0 * Co * HWo + co0 * HWo) * 4, ((nb - 1) * Co * HWo + coN * HWo) * 4);
-    const rw = r ? windowOf(dev, r, (b0 * Co * HWo + co0 * HWo) * 4, ((nb - 1) * Co * HWo + coN * HWo) * 4) : { binding: d, base: 0 };
-    const first = ci0 === 0;
-    const flags = flagsBase | (first && opts.bias ? 1 : 0) | (first && r ? 2 : 0) | (first ? 0 : 4);
-    if (!first && opts.act === 'silu') throw new GpuError(`${label}: a fused activation cannot be split over input channels`);
-    const total = nb * coN * HWo;
-    const [gx, gy] = grid1d(Math.ceil(total / 64));
+  const f16 = w.dtype === 'f16';
+  const biasF16 = opts.bias?.dtype === 'f16';
+  const dm = dummy(dev).binding();
+  for (const ch of planConv(dev, { B, Ci, H, W, Co, HWo, taps }, x, wt, out, opts.residual, direct)) {
+    const xs = windowFor(dev, x, ch.z0 * Ci * H * W + ch.c0 * H * W, (ch.z1 - 1) * Ci * H * W + ch.c1 * H * W - 1);
+    const ws = direct
+      ? windowFor(dev, wt, ch.c0 * taps * Co + ch.o0, (ch.c1 - 1) * taps * Co + (taps - 1) * Co + ch.o1 - 1)
+      : windowFor(dev, wt, ch.o0 * Ci * taps + ch.c0 * taps, (ch.o1 - 1) * Ci * taps + ch.c1 * taps - 1);
+    const oLo = ch.z0 * Co * HWo + ch.o0 * HWo;
+    const oHi = (ch.z1 - 1) * Co * HWo + ch.o1 * HWo - 1;
+    const os = windowFor(dev, out, oLo, oHi);
+    const rs = opts.residual ? windowFor(dev, opts.residual, oLo, oHi) : undefined;
+    const M = ch.o1 - ch.o0;
+    const flags =
+      (ch.first && opts.bias ? FLAG.BIAS | FLAG.BIAS_ROW : 0) |
+      (ch.first ? 0 : FLAG.ACCUM) |
+      (ch.last ? FLAG.FINAL : 0) |
+      (ch.last && rs ? FLAG.RES : 0);
+    const u = gemmUniforms({
+      M, N: HWo, K: ch.c1 - ch.c0,
+      // direct: relaid (ci, tap, co); otherwise (co, ci, tap)
+      aOff: ws.off, aRs: direct ? 1 : Ci * taps, aCs: direct ? taps * Co : taps, aBs: 0,
+      bOff: xs.off, bRs: H * W, bCs: 1, bBs: Ci * H * W,
+      oOff: os.off, oRs: HWo, oCs: 1, oBs: Co * HWo,
+      rOff: rs?.off ?? 0, biasOff: ch.o0, flags, act: ACT_CODE[act], alpha: 1, batch: ch.z1 - ch.z0,
+      e0: Co, padT: pt, H, W, Ho, Wo, kh, kw, stride, pad: pl,
+    });
+    let pipeline: GPUComputePipeline;
+    let workgroups: [number, number, number];
+    if (!direct) {
+      const d = { A_F16: f16, BIAS_F16: biasF16 };
+      pipeline = dev.pipeline(`conv_${variant}:${f16 ? 'f16' : 'f32'}${biasF16 ? ':bias16' : ''}`, () =>
+        buildShader(`conv_${variant}`, d, { A_VEC: f16 ? 'u32' : 'f32', TILE: GPU_TILE }),
+      );
+      workgroups = variant === 'naive'
+        ? [Math.ceil(HWo / 64), M, ch.z1 - ch.z0]
+        : [Math.ceil(HWo / GPU_TILE), Math.ceil(M / GPU_TILE), ch.z1 - ch.z0];
+    } else {
+      const { PW, CV } = DIRECT;
+      const m4 = (v: number): boolean => v % 4 === 0;
+      const m8 = (v: number): boolean => v % 8 === 0;
+      const d: Record<string, boolean> = { A_F16: f16, BIAS_F16: biasF16 };
+      if (!f16 && m4(Co) && m4(M) && m4(ws.off)) d.W_V4 = true;
+      if (f16 && m8(Co) && m8(M) && m8(ws.off) && CV % 2 === 0) d.W_H8 = true;
+      const A_VEC = d.W_V4 ? 'vec4<f32>' : d.W_H8 ? 'vec4<u32>' : f16 ? 'u32' : 'f32';
+      const key = `conv_cpu:${kh}x${kw}s${stride}:${PW}x${CV}:${Object.keys(d).filter((k) => d[k]).sort().join(',')}`;
+      pipeline = dev.pipeline(key, () =>
+        buildShader('conv_cpu', d, { KH: kh, KW: kw, S: stride, PW, CV, CN: 4 * CV, SEG: (PW - 1) * stride + kw, A_VEC }),
+      );
+      const tiles = Math.ceil(Wo / PW) * Ho;
+      workgroups = [Math.ceil(tiles / 8), Math.ceil(M / (4 * CV)), ch.z1 - ch.z0];
+    }
     dev.dispatch({
       label,
       family: 'conv2d',
-      pipeline: pipe,
-      uniforms: uniforms([
-        ['u', nb], ['u', Ci], ['u', H], ['u', W],
-        ['u', Co], ['u', Ho], ['u', Wo], ['u', kh],
-        ['u', kw], ['u', stride], ['u', pl], ['u', ci0],
-        ['u', ciN], ['u', co0], ['u', coN], ['u', flags],
-        ['u', xw.base], ['u', ow.base], ['u', rw.base], ['u', gx],
-        ['u', Ci * HW], ['u', Co * HWo], ['u', total], ['u', pt],
-      ]),
-      bindings: [xw.binding, w.binding(), opts.bias ? opts.bias.binding() : d, rw.binding, ow.binding],
-      workgroups: [gx, gy],
+      pipeline,
+      uniforms: u,
+      bindings: [ws.binding, xs.binding, opts.bias ? opts.bias.binding() : dm, rs?.binding ?? dm, os.binding],
+      workgroups,
     });
-  };
-  if (fits) {
-    run(0, B, 0, Ci, 0, Co);
-    return out;
-  }
-  const ciChunk = Math.max(1, Math.min(Ci, Math.floor(limit / (HW * 4))));
-  const coChunk = Math.max(1, Math.min(Co, Math.floor(limit / (HWo * 4))));
-  if (ciChunk * HW * 4 > limit || coChunk * HWo * 4 > limit) throw new GpuError(`${label}: one channel plane exceeds the storage-binding limit`);
-  for (let b = 0; b < B; b++) {
-    for (let co0 = 0; co0 < Co; co0 += coChunk) {
-      const coN = Math.min(coChunk, Co - co0);
-      for (let ci0 = 0; ci0 < Ci; ci0 += ciChunk) run(b, 1, ci0, Math.min(ciChunk, Ci - ci0), co0, coN);
-    }
   }
   return out;
+}
+
+interface ConvChunk {
+  z0: number; z1: number;
+  o0: number; o1: number;
+  c0: number; c1: number;
+  first: boolean; last: boolean;
+}
+
+function split(n: number, count: number): [number, number][] {
+  const raw = Math.ceil(n / count);
+  const size = raw >= 8 ? Math.ceil(raw / 8) * 8 : raw;
+  const out: [number, number][] = [];
+  for (let s = 0; s < n; s += size) out.push([s, Math.min(n, s + size)]);
+  return out;
+}
+
+/**
+ * Chunks (batch range, output channels, input channels) whose windows each fit one
+ * storage binding: whole batches when everything fits, else one image at a time with
+ * as many output- and input-channel chunks as needed.
+ */
+function planConv(
+  dev: Device,
+  g: { B: number; Ci: number; H: number; W: number; Co: number; HWo: number; taps: number },
+  x: Tensor, w: Tensor, out: Tensor, res: Tensor | undefined, relaidW: boolean,
+): ConvChunk[] {
+  const limit = maxBindingBytes(dev);
+  const { B, Ci, H, W, Co, HWo, taps } = g;
+  const fit = (t: Tensor, lo: number, hi: number): boolean => windowFor(dev, t, lo, hi).bytes <= limit;
+  const xFits = (z0: number, z1: number, c0: number, c1: number): boolean => fit(x, z0 * Ci * H * W + c0 * H * W, (z1 - 1) * Ci * H * W + c1 * H * W - 1);
+  const wFits = (o0: number, o1: number, c0: number, c1: number): boolean =>
+    relaidW ? fit(w, c0 * taps * Co + o0, (c1 - 1) * taps * Co + (taps - 1) * Co + o1 - 1) : fit(w, o0 * Ci * taps + c0 * taps, (o1 - 1) * Ci * taps + c1 * taps - 1);
+  const oFits = (t: Tensor, z0: number, z1: number, o0: number, o1: number): boolean => fit(t, z0 * Co * HWo + o0 * HWo, (z1 - 1) * Co * HWo + o1 * HWo - 1);
+  const allFit = xFits(0, B, 0, Ci) && wFits(0, Co, 0, Ci) && oFits(out, 0, B, 0, Co) && (!res || oFits(res, 0, B, 0, Co));
+  const zs: [number, number][] = allFit ? [[0, B]] : Array.from({ length: B }, (_, z) => [z, z + 1]);
+  const chunks: ConvChunk[] = [];
+  for (const [z0, z1] of zs) {
+    let so = 1;
+    let sc = 1;
+    for (;;) {
+      const oP = split(Co, so);
+      const cP = split(Ci, sc);
+      const xOk = cP.every(([c0, c1]) => xFits(z0, z1, c0, c1));
+      const oOk = oP.every(([o0, o1]) => oFits(out, z0, z1, o0, o1) && (!res || oFits(res, z0, z1, o0, o1)));
+      const wOk = oP.every(([o0, o1]) => cP.every(([c0, c1]) => wFits(o0, o1, c0, c1)));
+      if (xOk && oOk && wOk) {
+        for (const [o0, o1] of oP) {
+          cP.forEach(([c0, c1], i) => chunks.push({ z0, z1, o0, o1, c0, c1, first: i === 0, last: i === cP.length - 1 }));
+        }
+        break;
+      }
+      const canO = oP.length < Co;
+      const canC = cP.length < Ci;
+      // Input-channel chunks shrink x, output-channel chunks shrink out; weights shrink
+      // with either, first along the axis that is major in their layout.
+      if (!xOk && canC) sc *= 2;
+      else if (!oOk && canO) so *= 2;
+      else if (!wOk && (relaidW ? canC : canO)) relaidW ? (sc *= 2) : (so *= 2);
+      else if (!wOk && (canC || canO)) canC ? (sc *= 2) : (so *= 2);
+      else throw new GpuError(`conv2d: cannot split x ${shapeStr(x.shape)}, w ${shapeStr(w.shape)} into storage bindings of ${limit} bytes (one channel plane is too large)`);
+    }
+  }
+  return chunks;
 }

@@ -1,0 +1,155 @@
+// Register-blocked matmul for lavapipe (PLATFORM.md): workgroup of 8, no shared memory,
+// each invocation owns a TM x (4*NV) block of the output and walks K in steps of KS,
+// loading vec4s (f32) or vec4<u32>s (8 packed halves) where the layout allows.
+// Rows / columns past the edge are clamped on load and masked on store; the last
+// K % KS values go through a scalar tail.
+//
+// Load modes (one per operand, chosen by the dispatcher from strides and alignment):
+//   A_V4  a contiguous along K, a: array<vec4<f32>>       (row-major a)
+//   A_T4  a contiguous along M, a: array<vec4<f32>>       (transA, M % 4 == 0)
+//   else  a: array<f32>, any strides
+//   B_V4  b contiguous along N, f32 vec4                 (row-major b, N % 4 == 0)
+//   B_T4  b contiguous along K, f32 vec4                 (transB / nn.Linear weight)
+//   B_H8  b contiguous along N, f16 as vec4<u32>         (N % 8 == 0)
+//   B_TH8 b contiguous along K, f16 as vec4<u32>         (transB f16 weight)
+//   else  b: array<f32> or array<u32> (B_F16), any strides
+//#include matmul_common
+
+const TM = {{TM}}u;      // output rows per invocation
+const NV = {{NV}}u;      // vec4 column groups per invocation
+const TN = {{TN}}u;      // = 4 * NV output columns per invocation
+const KS = {{KS}}u;      // K per main-loop step: 4, or 8 when b is read as vec4<u32>
+
+fn ldA(i: u32) -> f32 {
+//#if A_V4 || A_T4
+  return a[i >> 2u][i & 3u];
+//#else
+  return a[i];
+//#endif
+}
+
+fn ldB(i: u32) -> f32 {
+//#if B_V4 || B_T4
+  return b[i >> 2u][i & 3u];
+//#elif B_H8 || B_TH8
+  return unpack2x16float(b[i >> 3u][(i >> 1u) & 3u])[i & 1u];
+//#elif B_F16
+  return unpack2x16float(b[i >> 1u])[i & 1u];
+//#else
+  return b[i];
+//#endif
+}
+
+fn unpack8(q: vec4<u32>) -> array<f32, 8> {
+  let x = unpack2x16float(q.x);
+  let y = unpack2x16float(q.y);
+  let z = unpack2x16float(q.z);
+  let w = unpack2x16float(q.w);
+  return array<f32, 8>(x.x, x.y, y.x, y.y, z.x, z.y, w.x, w.y);
+}
+
+@compute @workgroup_size(8)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row0 = (wid.x * 8u + lid.x) * TM;
+  let col0 = wid.y * TN;
+  let z = wid.z;
+  if (row0 >= p.M) { return; }
+  let aB = p.aOff + z * p.aBs;
+  let bB = p.bOff + z * p.bBs;
+
+  var acc: array<array<vec4<f32>, NV>, TM>;
+  // element offset of each (clamped) row of a and column of b
+  var ar: array<u32, TM>;
+  for (var r = 0u; r < TM; r++) { ar[r] = aB + min(row0 + r, p.M - 1u) * p.aRs; }
+  var bc: array<u32, TN>;
+  for (var c = 0u; c < TN; c++) { bc[c] = bB + min(col0 + c, p.N - 1u) * p.bCs; }
+//#if A_T4
+  var ar4: array<u32, TM / 4u>;  // a block of 4 rows starts here (M % 4 == 0: blocks never straddle M)
+  for (var r = 0u; r < TM / 4u; r++) { ar4[r] = aB + min(row0 + 4u * r, p.M - 4u); }
+//#endif
+//#if B_V4
+  var bc4: array<u32, NV>;
+  for (var c = 0u; c < NV; c++) { bc4[c] = bB + min(col0 + 4u * c, p.N - 4u); }
+//#elif B_H8
+  var bc8: array<u32, NV / 2u>;
+  for (var c = 0u; c < NV / 2u; c++) { bc8[c] = bB + min(col0 + 8u * c, p.N - 8u); }
+//#endif
+
+  let kMain = p.K - p.K % KS;
+  var k = 0u;
+  for (; k < kMain; k += KS) {
+    // bv[kk][c]: b[k + kk, col0 + 4c .. 4c + 3]
+    var bv: array<array<vec4<f32>, NV>, KS>;
+//#if B_V4
+    for (var kk = 0u; kk < KS; kk++) {
+      for (var c = 0u; c < NV; c++) { bv[kk][c] = b[(bc4[c] + (k + kk) * p.bRs) >> 2u]; }
+    }
+//#elif B_T4
+    for (var c = 0u; c < TN; c++) {
+      let w = b[(bc[c] + k) >> 2u];
+      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
+    }
+//#elif B_H8
+    for (var kk = 0u; kk < KS; kk++) {
+      for (var c = 0u; c < NV / 2u; c++) {
+        let h = unpack8(b[(bc8[c] + (k + kk) * p.bRs) >> 3u]);
+        bv[kk][2u * c] = vec4<f32>(h[0], h[1], h[2], h[3]);
+        bv[kk][2u * c + 1u] = vec4<f32>(h[4], h[5], h[6], h[7]);
+      }
+    }
+//#elif B_TH8
+    for (var c = 0u; c < TN; c++) {
+      let h = unpack8(b[(bc[c] + k) >> 3u]);
+      for (var kk = 0u; kk < 8u; kk++) { bv[kk][c / 4u][c % 4u] = h[kk]; }
+    }
+//#else
+    for (var kk = 0u; kk < KS; kk++) {
+      for (var c = 0u; c < TN; c++) { bv[kk][c / 4u][c % 4u] = ldB(bc[c] + (k + kk) * p.bRs); }
+    }
+//#endif
+    for (var s = 0u; s < KS; s += 4u) {
+      // av[r]: a[row0 + r, k + s .. k + s + 3]
+      var av: array<vec4<f32>, TM>;
+//#if A_V4
+      for (var r = 0u; r < TM; r++) { av[r] = a[(ar[r] + k + s) >> 2u]; }
+//#elif A_T4
+      for (var kk = 0u; kk < 4u; kk++) {
+        for (var r = 0u; r < TM / 4u; r++) {
+          let v = a[(ar4[r] + (k + s + kk) * p.aCs) >> 2u];
+          for (var j = 0u; j < 4u; j++) { av[4u * r + j][kk] = v[j]; }
+        }
+      }
+//#else
+      for (var r = 0u; r < TM; r++) {
+        let o = ar[r] + (k + s) * p.aCs;
+        av[r] = vec4<f32>(ldA(o), ldA(o + p.aCs), ldA(o + 2u * p.aCs), ldA(o + 3u * p.aCs));
+      }
+//#endif
+      for (var kk = 0u; kk < 4u; kk++) {
+        for (var r = 0u; r < TM; r++) {
+          let x = av[r][kk];
+          for (var c = 0u; c < NV; c++) { acc[r][c] += x * bv[s + kk][c]; }
+        }
+      }
+    }
+  }
+  for (; k < p.K; k++) {
+    var bs: array<vec4<f32>, NV>;
+    for (var c = 0u; c < TN; c++) { bs[c / 4u][c % 4u] = ldB(bc[c] + k * p.bRs); }
+    for (var r = 0u; r < TM; r++) {
+      let x = ldA(ar[r] + k * p.aCs);
+      for (var c = 0u; c < NV; c++) { acc[r][c] += x * bs[c]; }
+    }
+  }
+
+  // The epilogue runs in rolled loops over a copy of the block: unrolled, its 4*TM*NV
+  // inlined copies made lavapipe's compile take minutes; indexing acc itself dynamically
+  // would move the accumulators to memory for the whole K loop.
+  var fin = acc;
+  for (var r = 0u; r < TM; r = r + 1u) {
+    let m = row0 + r;
+    if (m < p.M) {
+      for (var c = 0u; c < NV; c = c + 1u) { epilogue4(fin[r][c], m, col0 + 4u * c, z); }
+    }
+  }
+}

@@ -1,0 +1,33 @@
+// Naive matmul (reference variant): one output element per invocation, scalar loads
+// through the strides, so it serves every layout.
+//#include matmul_common
+
+fn loadA(i: u32) -> f32 {
+//#if A_F16
+  return unpack2x16float(a[i >> 1u])[i & 1u];
+//#else
+  return a[i];
+//#endif
+}
+fn loadB(i: u32) -> f32 {
+//#if B_F16
+  return unpack2x16float(b[i >> 1u])[i & 1u];
+//#else
+  return b[i];
+//#endif
+}
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  let n = g.x;
+  let m = g.y;
+  let z = g.z;
+  if (n >= p.N || m >= p.M) { return; }
+  let ab = p.aOff + z * p.aBs + m * p.aRs;
+  let bb = p.bOff + z * p.bBs + n * p.bCs;
+  var acc = 0.0;
+  for (var k = 0u; k < p.K; k++) {
+    acc += loadA(ab + k * p.aCs) * loadB(bb + k * p.bRs);
+  }
+  epilogue(acc, m, n, z);
+}

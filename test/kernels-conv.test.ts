@@ -1,0 +1,131 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
+import { conv2d, convVariants as variants } from '../src/kernels/conv.js';
+import { setMaxBindingBytes, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
+import { getDevice, randn, expectClose } from './helpers/gpu.js';
+
+const ACTS: Partial<Record<Act, (x: number) => number>> = {
+  none: (x) => x,
+  silu: (x) => x / (1 + Math.exp(-x)),
+  quick_gelu: (x) => x / (1 + Math.exp(-1.702 * x)),
+};
+
+interface Case {
+  B: number; Ci: number; Co: number; H: number; W: number; k: number;
+  stride?: number; pad?: number | [number, number, number, number]; bias?: boolean; residual?: boolean; act?: Act; f16?: boolean;
+}
+
+/** Plain-TS NCHW reference (PyTorch Conv2d semantics). */
+function refConv(x: Float32Array, w: Float32Array, c: Case, bias?: Float32Array, res?: Float32Array): { out: Float32Array; Ho: number; Wo: number } {
+  const s = c.stride ?? 1;
+  const pad = c.pad ?? 0;
+  const [pt, pb, pl, pr] = typeof pad === 'number' ? [pad, pad, pad, pad] : pad;
+  const Ho = Math.floor((c.H + pt + pb - c.k) / s) + 1;
+  const Wo = Math.floor((c.W + pl + pr - c.k) / s) + 1;
+  const out = new Float32Array(c.B * c.Co * Ho * Wo);
+  const act = ACTS[c.act ?? 'none']!;
+  for (let b = 0; b < c.B; b++)
+    for (let co = 0; co < c.Co; co++)
+      for (let oy = 0; oy < Ho; oy++)
+        for (let ox = 0; ox < Wo; ox++) {
+          let sum = bias ? bias[co]! : 0;
+          for (let ci = 0; ci < c.Ci; ci++)
+            for (let ky = 0; ky < c.k; ky++) {
+              const iy = oy * s + ky - pt;
+              if (iy < 0 || iy >= c.H) continue;
+              for (let kx = 0; kx < c.k; kx++) {
+                const ix = ox * s + kx - pl;
+                if (ix < 0 || ix >= c.W) continue;
+                sum += x[((b * c.Ci + ci) * c.H + iy) * c.W + ix]! * w[((co * c.Ci + ci) * c.k + ky) * c.k + kx]!;
+              }
+            }
+          const i = ((b * c.Co + co) * Ho + oy) * Wo + ox;
+          out[i] = act(sum) + (res ? res[i]! : 0);
+        }
+  return { out, Ho, Wo };
+}
+
+let dev: Device;
+const VARIANTS = (process.env.MM_VARIANTS?.split(',') ?? variants()) as MatmulVariant[];
+
+async function check(variant: MatmulVariant, c: Case, seed = 1): Promise<number> {
+  const xd = randn(c.B * c.Ci * c.H * c.W, seed);
+  let wd = randn(c.Co * c.Ci * c.k * c.k, seed + 1, 0.5);
+  if (c.f16) wd = roundToF16(wd);
+  const bd = c.bias ? randn(c.Co, seed + 2) : undefined;
+  const ref0 = refConv(xd, wd, c, bd);
+  const rd = c.residual ? randn(ref0.out.length, seed + 3) : undefined;
+  const { out: ref, Ho, Wo } = rd ? refConv(xd, wd, c, bd, rd) : ref0;
+  const x = Tensor.fromArray(dev, xd, [c.B, c.Ci, c.H, c.W]);
+  const w = Tensor.fromArray(dev, wd, [c.Co, c.Ci, c.k, c.k], c.f16 ? 'f16' : 'f32');
+  const bias = bd ? Tensor.fromArray(dev, bd, [c.Co]) : undefined;
+  const residual = rd ? Tensor.fromArray(dev, rd, [c.B, c.Co, Ho, Wo]) : undefined;
+  const d0 = dev.dispatchCount;
+  const out = conv2d(x, w, { bias, residual, stride: c.stride, padding: c.pad, act: c.act, variant });
+  const dispatches = dev.dispatchCount - d0;
+  expect(out.shape).toEqual([c.B, c.Co, Ho, Wo]);
+  expectClose(await out.toArray(), ref, c.f16 ? 2e-2 : 1e-4, `conv2d ${variant} ${JSON.stringify(c)}`);
+  for (const t of [x, w, bias, residual, out]) t?.release();
+  return dispatches;
+}
+
+describe('conv2d', () => {
+  afterEach(() => setMaxBindingBytes(undefined));
+
+  it('variants agree with the CPU reference on odd shapes', async () => {
+    dev = await getDevice();
+    for (const variant of VARIANTS) {
+      for (const [Ci, Co] of [[1, 1], [3, 7], [7, 33], [33, 3], [8, 16]] as const) {
+        for (const [H, W] of [[1, 1], [5, 5], [17, 5], [5, 17]] as const) {
+          await check(variant, { B: 1, Ci, Co, H, W, k: 3, pad: 1 });
+        }
+      }
+      await check(variant, { B: 2, Ci: 7, Co: 33, H: 17, W: 17, k: 1 });
+      await check(variant, { B: 2, Ci: 16, Co: 8, H: 5, W: 17, k: 1, bias: true });
+      await check(variant, { B: 2, Ci: 3, Co: 7, H: 17, W: 17, k: 3, stride: 2, pad: 1, bias: true });
+      await check(variant, { B: 2, Ci: 8, Co: 16, H: 16, W: 16, k: 3, stride: 2, pad: 1 });
+      await check(variant, { B: 1, Ci: 3, Co: 5, H: 9, W: 11, k: 3 });
+      await check(variant, { B: 1, Ci: 4, Co: 4, H: 9, W: 7, k: 5, pad: 2 });
+      await check(variant, { B: 1, Ci: 2, Co: 3, H: 6, W: 6, k: 1, stride: 2, pad: 1 });
+      // diffusers' VAE Downsample2D: pad (0, 1, 0, 1), then a 3x3 stride-2 conv
+      await check(variant, { B: 2, Ci: 8, Co: 8, H: 9, W: 8, k: 3, stride: 2, pad: [0, 1, 0, 1], bias: true });
+      await check(variant, { B: 1, Ci: 3, Co: 5, H: 7, W: 7, k: 3, pad: [2, 0, 1, 3] });
+    }
+  });
+
+  it('fuses bias, activation and residual; reads f16 weights', async () => {
+    dev = await getDevice();
+    for (const variant of VARIANTS) {
+      await check(variant, { B: 2, Ci: 33, Co: 7, H: 5, W: 17, k: 3, pad: 1, bias: true, residual: true, act: 'silu' });
+      await check(variant, { B: 1, Ci: 16, Co: 32, H: 17, W: 17, k: 3, pad: 1, bias: true, residual: true, act: 'quick_gelu' });
+      await check(variant, { B: 2, Ci: 8, Co: 24, H: 5, W: 5, k: 1, bias: true, residual: true, act: 'silu' });
+      if (!dev.hasF16) continue;
+      await check(variant, { B: 2, Ci: 7, Co: 33, H: 17, W: 5, k: 3, pad: 1, bias: true, f16: true });
+      await check(variant, { B: 1, Ci: 16, Co: 32, H: 17, W: 17, k: 3, pad: 1, bias: true, f16: true, act: 'silu' });
+      await check(variant, { B: 2, Ci: 16, Co: 24, H: 9, W: 9, k: 3, stride: 2, pad: 1, f16: true });
+      await check(variant, { B: 2, Ci: 16, Co: 24, H: 5, W: 7, k: 1, f16: true, bias: true });
+      await check(variant, { B: 1, Ci: 7, Co: 9, H: 5, W: 7, k: 1, f16: true });
+    }
+  });
+
+  it('splits tensors larger than the storage binding limit into channel chunks', async () => {
+    dev = await getDevice();
+    // 24 channels of 17x17 f32 = 27.7 KB per image against an 8 KiB limit: input-channel
+    // chunks accumulate through the output, output-channel chunks split the output.
+    setMaxBindingBytes(8192);
+    for (const variant of VARIANTS) {
+      const n1 = await check(variant, { B: 2, Ci: 24, Co: 20, H: 17, W: 17, k: 3, pad: 1, bias: true, residual: true, act: 'silu' });
+      expect(n1).toBeGreaterThan(4);
+      const n2 = await check(variant, { B: 2, Ci: 24, Co: 16, H: 17, W: 17, k: 1, bias: true, residual: true, act: 'silu' });
+      expect(n2).toBeGreaterThan(4);
+      await check(variant, { B: 1, Ci: 24, Co: 16, H: 17, W: 17, k: 3, stride: 2, pad: 1, f16: dev.hasF16 });
+    }
+  });
+
+  it('names both shapes on a mismatch', async () => {
+    dev = await getDevice();
+    const x = Tensor.zeros(dev, [1, 4, 8, 8]);
+    expect(() => conv2d(x, Tensor.zeros(dev, [8, 3, 3, 3]))).toThrow('conv2d: input channels differ: x (1x4x8x8) vs w (8x3x3x3)');
+    expect(() => conv2d(x, Tensor.zeros(dev, [8, 4, 3, 3]), { padding: 1, residual: Tensor.zeros(dev, [1, 8, 7, 7]) })).toThrow(/residual \(1x8x7x7\) does not match the output \(1x8x8x8\)/);
+  });
+});
