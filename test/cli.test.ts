@@ -88,7 +88,7 @@ describe('segment command', () => {
       [['--image', img, '--classes', 'car., cat'], /tokens of class "car\." .* do not occur in the source prompt/],
     ];
     for (const [args, msg] of cases) {
-      const r = await run(['segment', ...args, '--out', out, ...quick]);
+      const r = await run(['segment', '--out', out, ...quick, ...args]);
       expect(r.code, args.join(' ')).not.toBe(0);
       expect(r.err).toMatch(msg);
       expect(filesUnder(join(out, 'heatmaps'))).toEqual([]);
