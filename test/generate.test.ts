@@ -64,12 +64,15 @@ describe('timesteps and the seeded latent', () => {
  * Tolerances of the chained run. The tiny random UNets are very sensitive to their input: from the
  * stored z_in every step agrees to ~3e-5, but chained, a step's z_out error grows ~12x through the
  * next UNet call (sd21-tiny, v-prediction, measured: z_out 1.8e-5 -> 6.8e-4 -> 1.5e-2). The
- * reference itself moves latent_final by 2.3e-3 between 1 and 2 torch threads (GOLDEN_README);
- * the rounded weights and weight prompts stay the same and are compared exactly.
+ * reference itself moves latent_final by 2.3e-3 between 1 and 2 torch threads (GOLDEN_README).
+ * At sd21-tiny's last step the ELBO error reaches ~3e-3, enough to move a weight across a
+ * rounding boundary (1.0472 -> 1.05 in the reference; 1.04 has been seen with our kernels), so
+ * there chained weights may differ by one rounding step (0.01) and the latents are compared
+ * loosely. The exact weights and prompts are checked step by step above.
  */
-const CHAIN_TOL: Record<keyof typeof PIPELINES, { latent: number; png: number }> = {
-  'sd15-tiny': { latent: 1e-2, png: 2 },
-  'sd21-tiny': { latent: 3e-2, png: 8 },
+const CHAIN_TOL: Record<keyof typeof PIPELINES, { latent: number; png: number; weight: number }> = {
+  'sd15-tiny': { latent: 1e-2, png: 2, weight: 0 },
+  'sd21-tiny': { latent: 5e-2, png: 12, weight: 0.0100001 },
 };
 
 describe.each(Object.keys(PIPELINES) as (keyof typeof PIPELINES)[])('generation %s', (name) => {
@@ -134,7 +137,14 @@ describe.each(Object.keys(PIPELINES) as (keyof typeof PIPELINES)[])('generation 
     expect(chained.reweighting).toBe(true);
     expect(chained.warning).toBeUndefined();
     expect(chained.phrases).toEqual(meta.phrases);
-    expect(chained.steps.map((s) => [s.t, s.nextT, s.weights, s.weightPrompt])).toEqual(meta.steps.map((s) => [s.t, s.next_t, s.weights, s.weight_prompt]));
+    expect(chained.steps.map((s) => [s.t, s.nextT])).toEqual(meta.steps.map((s) => [s.t, s.next_t]));
+    chained.steps.forEach((s, k) => {
+      const ref = meta.steps[k]!;
+      const d = maxAbsDiff(s.weights, ref.weights);
+      if (d > 0) measured.push(`${name} chained step${k} weights ${JSON.stringify(s.weights)} vs ${JSON.stringify(ref.weights)} (rounding flip)`);
+      expect(d, `chained step${k} weights`).toBeLessThanOrEqual(CHAIN_TOL[name].weight);
+      if (d === 0) expect(s.weightPrompt).toBe(ref.weight_prompt);
+    });
     chained.steps.forEach((s, k) => check(`${name} chained step${k}.elbo`, s.elbo, meta.steps[k]!.elbo, 1e-2));
     check(`${name} latent_final`, chained.latent, f.readF32('latent_final'), CHAIN_TOL[name].latent);
     check(`${name} decoded`, chained.decoded, f.readF32('decoded'), CHAIN_TOL[name].latent);
