@@ -11,6 +11,8 @@ Commands:
   segment          segment images given their classes (heatmaps, overlays, ELBO figures)
   segment-dataset  run segmentation over a dataset description (info.yaml), resumable
   evaluate         evaluate heatmaps against ground truth (mIoU, per class, by object size)
+  generate         ELBO-reweighted text-to-image generation (images/NNNN.png + generation.json)
+  clip-score       CLIP score of generated images against their prompts (as evaluate_generation.py)
   demo             segment the bundled example photographs with the bundled pipeline
   doctor           print the WebGPU adapter, its features and limits, and the kernel variants in use
 `;
@@ -23,6 +25,8 @@ const commands: Record<string, () => Promise<Command>> = {
   demo: async () => (await import('./commands/demo.js')).runDemo,
   evaluate: async () => (await import('./commands/evaluate.js')).runEvaluate,
   'segment-dataset': async () => (await import('./commands/segmentDataset.js')).runSegmentDataset,
+  generate: async () => (await import('./commands/generate.js')).runGenerate,
+  'clip-score': async () => (await import('./commands/clipScore.js')).runClipScore,
 };
 
 /** Runs the CLI with `argv` (without node and script); returns the exit code. */

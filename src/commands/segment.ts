@@ -6,11 +6,11 @@ import { parseArgs } from 'node:util';
 import { writeFileAtomic } from '../io/atomic.js';
 import { readImageRGB, writeGreyPng, writeRgbPng, type ImageRGB } from '../io/image.js';
 import { SafeTensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
-import { applyOverrides, defaultConfig, parseTimesteps, type SegmentConfig } from '../elbo/config.js';
+import { applyModelDefaults, applyOverrides, defaultConfig, overriddenKeys, parseTimesteps, type SegmentConfig } from '../elbo/config.js';
 import { toU8 } from '../elbo/interp.js';
 import { overlayHeatmap } from '../elbo/overlay.js';
 import { segmentImage, type SegmentProgress, type SegmentResult } from '../elbo/segment.js';
-import { StableDiffusionPipeline } from '../models/pipeline.js';
+import { loadPipeline } from '../models/pipeline.js';
 import { Device } from '../tensor/index.js';
 import {
   BUNDLED_PIPELINE,
@@ -41,6 +41,11 @@ Options:
   --dump FILE      write the intermediate tensors (reference names) to a safetensors file
   --dtype f16      store UNet/text-encoder weights in f16 (faster on lavapipe; default f32)
   --batch N        largest UNet batch (default 4)
+  --reference-exact  reproduce the reference even where it breaks (SDXL: its 7-entry SD weight lists,
+                   a zero self_weight row giving NaN / black heatmaps). Without it, a model whose
+                   attention layout differs from SD 1.x/2.x (SDXL: 3 resolution segments) gets
+                   weights for its own layout unless cross_weight / self_weight are given, and a
+                   self_weight row that sums to zero is an error naming the option.
 Overrides (the reference's keys and syntax, configs/run_segmentation.yaml):
   elbo_strength=3  cross_gaussian_var=3  'elbo_timesteps=[[1,999,50]]'  'collect_timesteps=[[20,201,20]]'
   'elbo_timesteps=[["random",1,999,20]]'  fix_temperature=true  elbo_path=FILE.json
@@ -187,7 +192,8 @@ export async function runSegment(argv: string[]): Promise<number> {
   if (!values.model) console.error(BUNDLED_WARNING);
   installInterruptHandler();
   const dev = await Device.get();
-  const pipe = await StableDiffusionPipeline.load(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
+  const pipe = await loadPipeline(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
+  applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(positionals), values['reference-exact']);
   if (noiseFile) {
     const side = pipe.vae.sampleSize / 8;
     const nElbo = parseTimesteps(config.elbo_timesteps, config.seed).length;

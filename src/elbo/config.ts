@@ -178,3 +178,25 @@ export function parseTimesteps(spec: TimestepSpec, seed: number, maxT = 1000): n
   if (out.length === 0) throw new Error(`timestep list ${JSON.stringify(spec)} is empty`);
   return out;
 }
+
+/** Keys set explicitly by `key=value` overrides (top-level names). */
+export function overriddenKeys(overrides: readonly string[]): Set<string> {
+  return new Set(overrides.map((o) => o.slice(0, Math.max(0, o.indexOf('='))).split('.')[0]!.trim()));
+}
+
+/**
+ * Uses a model's own default layer weights (e.g. SDXL's three resolution segments) for
+ * cross_weight / self_weight unless the user set them or asked for the reference's exact
+ * behaviour.
+ */
+export function applyModelDefaults(
+  c: SegmentConfig,
+  defaults: { cross_weight: number[]; self_weight: number[][] } | undefined,
+  userKeys: Set<string>,
+  referenceExact = false,
+): SegmentConfig {
+  if (!defaults || referenceExact) return c;
+  if (!userKeys.has('cross_weight')) c.cross_weight = [...defaults.cross_weight];
+  if (!userKeys.has('self_weight')) c.self_weight = defaults.self_weight.map((r) => [...r]);
+  return c;
+}

@@ -2,9 +2,8 @@
 // class -> temperatures; attention collected over the collect timesteps; cross-attention
 // per class calibrated by its temperature and propagated by self-attention.
 import { preprocessForVae, type ImageRGB } from '../io/image.js';
-import { concat } from '../kernels/index.js';
 import { AttentionStore } from '../models/attentionStore.js';
-import type { StableDiffusionPipeline } from '../models/pipeline.js';
+import type { DiffusionPipeline } from '../models/pipeline.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
 import {
   aggregateCross,
@@ -135,7 +134,7 @@ function placeOf(name: string): 'down' | 'mid' | 'up' {
  * Segments one image. `classes` are the class names present in it (image-level labels),
  * in the order their outputs are wanted.
  */
-export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRGB, classes: readonly string[], opts: SegmentOptions): Promise<SegmentResult> {
+export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, classes: readonly string[], opts: SegmentOptions): Promise<SegmentResult> {
   const cfg = opts.config;
   const dev = pipe.dev;
   const progress = opts.onProgress ?? (() => {});
@@ -213,7 +212,7 @@ export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRG
   } else {
     if (opts.elboTexts && opts.elboTexts.length !== classes.length) throw new Error(`segment: ${opts.elboTexts.length} ELBO prompts for ${classes.length} classes`);
     const prompts = opts.elboTexts ? [...opts.elboTexts] : classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
-    const embs = prompts.map((p) => pipe.encodePrompt(p));
+    const embs = prompts.map((p) => pipe.embed(p));
     lossSum.fill(0);
     const total = elboTimesteps.length * K;
     let done = 0;
@@ -229,8 +228,7 @@ export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRG
         for (let b = 0; b < B; b++) batchZ.set(zt, b * latN);
         const out = await scope(() => {
           const z = Tensor.fromArray(dev, batchZ, [B, C, side, side]);
-          const ctx = B === 1 ? embs[c0]! : concat(embs.slice(c0, c0 + B), 0);
-          return pipe.unet.forward({ sample: z, timesteps: [t], encoderHiddenStates: ctx });
+          return pipe.unet.forward({ sample: z, timesteps: [t], ...pipe.unetConditioning(embs.slice(c0, c0 + B)) });
         }).toArrayAndRelease();
         for (let b = 0; b < B; b++) {
           const pred = out.subarray(b * latN, (b + 1) * latN);
@@ -264,7 +262,7 @@ export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRG
   let crossLayers: LayerMap[];
   let selfLayers: LayerMap[];
   try {
-    const emb = pipe.encodePrompt(sourceText);
+    const emb = pipe.embed(sourceText);
     const nC = collectTimesteps.length;
     for (let k0 = 0; k0 < nC; k0 += maxBatch) {
       const B = Math.min(maxBatch, nC - k0);
@@ -277,7 +275,7 @@ export async function segmentImage(pipe: StableDiffusionPipeline, image: ImageRG
       }
       scope(() => {
         const z = Tensor.fromArray(dev, batchZ, [B, C, side, side]);
-        pipe.unet.forward({ sample: z, timesteps: ts, encoderHiddenStates: emb, store });
+        pipe.unet.forward({ sample: z, timesteps: ts, ...pipe.unetConditioning(Array<typeof emb>(B).fill(emb)), store });
       });
       await dev.sync();
       progress({ phase: 'collect', done: k0 + B, total: nC, timestep: ts[ts.length - 1] });

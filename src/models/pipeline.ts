@@ -2,6 +2,7 @@
 // encoder, UNet, VAE and the scheduler tables. Text embeddings are cached by prompt.
 import { join } from 'node:path';
 import { loadPipelineIndex, readJsonConfig, resolveModel } from '../io/modelFolder.js';
+import { concat } from '../kernels/index.js';
 import { Tensor, keep, type Device, type DType } from '../tensor/index.js';
 import { ClipTextModel } from './clip.js';
 import { DDIMSchedule } from './scheduler.js';
@@ -9,12 +10,38 @@ import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
 
+/** A prompt's conditioning: hidden states (1, 77, D), and SDXL's pooled embedding (1, P). */
+export interface PromptEmbedding {
+  hidden: Tensor;
+  pooled?: Tensor;
+}
+
+/**
+ * What the method needs of a pipeline (SD 1.x/2.x here; SDXL in sdxlPipeline.ts): the
+ * tokenizer that locates class tokens, the UNet, VAE and schedule, prompt embeddings, and
+ * the extra UNet inputs of a batch (SDXL's pooled text embeddings and time ids).
+ */
+export interface DiffusionPipeline {
+  readonly dev: Device;
+  readonly dir: string;
+  readonly tokenizer: CLIPTokenizer;
+  readonly unet: UNet2DConditionModel;
+  readonly vae: AutoencoderKL;
+  readonly schedule: DDIMSchedule;
+  /** Cached embedding of a prompt (the caller must not release it). */
+  embed(prompt: string): PromptEmbedding;
+  /** UNet inputs for a batch of embeddings: encoderHiddenStates (B, 77, D) plus extras. */
+  unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor; textEmbeds?: Tensor; timeIds?: number[][] };
+  /** Default segmentation weights for this model's attention layout (SD: the reference's). */
+  readonly segmentationDefaults?: { cross_weight: number[]; self_weight: number[][] };
+}
+
 export interface PipelineOptions {
   /** Storage of matrix / conv weights; 'f16' where the adapter has shader-f16. */
   weightDtype?: DType;
 }
 
-export class StableDiffusionPipeline {
+export class StableDiffusionPipeline implements DiffusionPipeline {
   private embCache = new Map<string, Tensor>();
 
   private constructor(
@@ -33,7 +60,7 @@ export class StableDiffusionPipeline {
     const index = loadPipelineIndex(dir);
     const paths = index.components;
     if (paths.text_encoder_2) {
-      throw new Error(`${dir}: this is an SDXL pipeline (it has text_encoder_2); SDXL is not supported yet, use an SD 1.x / 2.x pipeline`);
+      throw new Error(`${dir}: this is an SDXL pipeline (it has text_encoder_2); load it with loadPipeline()`);
     }
     const matrixDtype = opts.weightDtype === 'f16' && dev.hasF16 ? 'f16' : 'f32';
     const schedCfgPath = join(paths.scheduler, 'scheduler_config.json');
@@ -77,9 +104,33 @@ export class StableDiffusionPipeline {
     return e;
   }
 
+  embed(prompt: string): PromptEmbedding {
+    return { hidden: this.encodePrompt(prompt) };
+  }
+
+  unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor } {
+    const hs = embs.map((e) => e.hidden);
+    return { encoderHiddenStates: hs.length === 1 ? hs[0]! : concat(hs, 0) };
+  }
+
   /** Frees cached text embeddings. */
   clearCache(): void {
     for (const t of this.embCache.values()) t.release();
     this.embCache.clear();
   }
+}
+
+/** Loads an SD 1.x / 2.x or SDXL pipeline folder (or hub id in the local cache). */
+export async function loadPipeline(dev: Device, spec: string, opts: PipelineOptions = {}): Promise<DiffusionPipeline> {
+  const dir = resolveModel(spec);
+  const index = loadPipelineIndex(dir);
+  if (index.components.text_encoder_2) {
+    // The SDXL module is optional at build time; a variable keeps the import dynamic.
+    const sdxlModule = './sdxlPipeline.js';
+    const mod = (await import(sdxlModule).catch((e: Error) => {
+      throw new Error(`${dir}: SDXL pipelines are not supported in this build (${e.message})`);
+    })) as { StableDiffusionXLPipeline: { load(dev: Device, dir: string, opts: PipelineOptions): Promise<DiffusionPipeline> } };
+    return mod.StableDiffusionXLPipeline.load(dev, dir, opts);
+  }
+  return StableDiffusionPipeline.load(dev, dir, opts);
 }
