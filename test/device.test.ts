@@ -71,3 +71,21 @@ describe('device', () => {
     t.release();
   });
 });
+
+describe('device without shader-f16', () => {
+  it('refuses f16 tensors with a message naming the feature', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const script = [
+      "import { Device, Tensor } from './src/tensor/index.ts';",
+      'const dev = await Device.get();',
+      "try { Tensor.empty(dev, [4], 'f16'); console.log('no error'); } catch (e) { console.log(e.message); }",
+      'dev.destroy();',
+    ].join('\n');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, ELBO_NO_F16: '1' },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(r.stdout).toMatch(/f16 tensors need the adapter feature shader-f16/);
+  });
+});
