@@ -101,6 +101,20 @@ describe('CLIPModel config', () => {
     expect(c.text).toMatchObject({ hiddenSize: 32, numLayers: 2, numHeads: 4, intermediateSize: 128, hiddenAct: 'quick_gelu', eosTokenId: 2, projectionDim: 24 });
     expect(c.vision).toMatchObject({ hiddenSize: 32, numLayers: 2, numHeads: 2, intermediateSize: 128, imageSize: 32, patchSize: 8, numChannels: 3, hiddenAct: 'quick_gelu', projectionDim: 24 });
     expect(() => parseClipModelConfig({ model_type: 'clip_text_model' }, 'text/config.json')).toThrow(/not a CLIPModel config/);
+    // openai/clip-vit-large-patch14's layout: *_config_dict overrides, keys absent there come from *_config.
+    const large = parseClipModelConfig(
+      {
+        model_type: 'clip',
+        projection_dim: 768,
+        text_config: { hidden_size: 512, max_position_embeddings: 77, eos_token_id: 2, id2label: { 0: 'LABEL_0' } },
+        text_config_dict: { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12, projection_dim: 768 },
+        vision_config: { hidden_size: 768, image_size: 224, top_k: 50 },
+        vision_config_dict: { hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 24, patch_size: 14, projection_dim: 768 },
+      },
+      'large/config.json',
+    );
+    expect(large.text).toMatchObject({ hiddenSize: 768, numLayers: 12, numHeads: 12, intermediateSize: 3072, maxPositions: 77, projectionDim: 768 });
+    expect(large.vision).toMatchObject({ hiddenSize: 1024, numLayers: 24, numHeads: 16, intermediateSize: 4096, imageSize: 224, patchSize: 14, numChannels: 3, projectionDim: 768 });
   });
 });
 
@@ -185,11 +199,20 @@ describe('CLIP score averaging', () => {
   });
 
   it('numpy pairwise float32 sums, Python float repr, file-name prompt indices', () => {
-    const xs = Array.from({ length: 300 }, (_, i) => Math.fround(0.1 * i + 1 / 3));
-    let seq = 0;
-    for (const x of xs) seq += x;
-    expect(Math.abs(numpyPairwiseSumF32(xs) - seq)).toBeLessThan(1e-2);
-    expect(numpyPairwiseSumF32([1, 2, 3])).toBe(6);
+    // np.add.reduce / np.mean of float32 arrays (numpy's pairwise summation), values from numpy.
+    const f = Math.fround;
+    const want: Record<number, [number, number]> = {
+      5: [100.010009765625, 20.002002716064453],
+      8: [205.0205078125, 25.6275634765625],
+      13: [455.0455322265625, 35.003501892089844],
+      130: [33072.0546875, 254.40042114257812],
+      300: [171954.6875, 573.1823120117188],
+    };
+    for (const [n, [sum, mean]] of Object.entries(want)) {
+      const x = Array.from({ length: Number(n) }, (_, i) => f(f(f(0.1 * i + 1 / 3) * 37.5) * f(1.0001)));
+      expect(numpyPairwiseSumF32(x), `n=${n}`).toBe(sum);
+      expect(f(numpyPairwiseSumF32(x) / Number(n)), `n=${n}`).toBe(mean);
+    }
     expect(pyFloatRepr(36)).toBe('36.0');
     expect(pyFloatRepr(1e-5)).toBe('1e-05');
     expect(pyFloatRepr(36.76273091634115)).toBe('36.76273091634115');
