@@ -32,8 +32,10 @@ Options:
                       stripped of surrounding whitespace, as the reference's TextDataset does)
   --clip-model DIR|ID CLIPModel folder (config.json, model.safetensors, preprocessor_config.json,
                       vocab.json, merges.txt) or hub id in the local Hugging Face cache
-                      (default: ${DEFAULT_CLIP_MODEL}, what the paper's generation runs use;
-                      download it once with \`huggingface-cli download ${DEFAULT_CLIP_MODEL}\`)`;
+                      (default: ${DEFAULT_CLIP_MODEL}; download it once with
+                      \`huggingface-cli download ${DEFAULT_CLIP_MODEL}\`. The reference's
+                      scripts/template_run_generation.sh scores with openai/clip-vit-base-patch32,
+                      which works too: scores of different CLIP models are not comparable)`;
 
 /** Images scored in one vision-tower batch. */
 const IMAGE_BATCH = 4;

@@ -5,6 +5,7 @@
 // logits_per_image[i, t] = exp(logit_scale) * <image_embeds[i], text_embeds[t]>, both embeddings
 // projected (bias-free) and divided by their L2 norm; logit_scale is the trained parameter in the
 // weights (ln 100 for the OpenAI checkpoints), not the config's logit_scale_init_value.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ImageRGB } from '../io/image.js';
 import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
@@ -121,6 +122,9 @@ export class ClipModel {
    */
   static async load(dev: Device, dir: string, opts: WeightOptions = {}): Promise<ClipModel> {
     const where = join(dir, 'config.json');
+    if (!existsSync(where) && existsSync(join(dir, 'model_index.json'))) {
+      throw new Error(`${dir}: is a diffusers pipeline folder; the CLIP score needs a CLIPModel folder such as openai/clip-vit-large-patch14`);
+    }
     const config = parseClipModelConfig(readJsonConfig(where), where);
     const processor = loadClipImageProcessorConfig(dir);
     const [oh, ow] = clipOutputSize(config.vision.imageSize, config.vision.imageSize, processor);
