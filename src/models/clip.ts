@@ -132,6 +132,11 @@ export class ClipTextModel {
     return this.config.hiddenSize;
   }
 
+  /** Whether forward() returns textEmbeds (projection_dim set and text_projection.weight present). */
+  get hasProjection(): boolean {
+    return this.projection !== undefined;
+  }
+
   /**
    * ids: B sequences of equal length L <= maxPositions. attentionMask (B x L of 1/0) masks
    * keys as transformers does (added to the causal mask). Returns tensors the caller owns.
