@@ -250,7 +250,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       ]);
     const bindings = [q.binding(), k.binding(), v.binding(), maskBinding, out.binding(), stats.binding()];
     // Head sizes above the 'cpu' kernel's private rows (none in SD / CLIP) take the naive kernel.
-    if (variant === 'naive' || Nk === 0 || (variant === 'cpu' && d > 4 * DMAX4)) {
+    if (variant === 'naive' || Nk === 0 || d > 4 * DMAX4) {
       const pipe = dev.pipeline('attention_naive', () => loadShader('attention_naive'));
       const wg = grid1d(Math.ceil((B * H * Nq) / 64));
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], 0), bindings, workgroups: wg });
@@ -262,7 +262,17 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const wg = grid1d(B * H * nRG);
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
     } else {
-      attentionGpu(dev, label, bindings, d, uni);
+      // Keys per shared tile: 512 vec4 per tile (8 KiB each for K and V), at most 128.
+      const d4 = Math.ceil(d / 4);
+      const TK = Math.min(128, Math.floor(512 / d4));
+      const pipe = dev.pipeline('attention_gpu', () => loadShader('attention_gpu'));
+      const nRG = Math.ceil(Nq / 64);
+      const wg = grid1d(B * H * nRG);
+      const u = new Uint32Array(16);
+      u.set(new Uint32Array(uni(wg[0], nRG)).subarray(0, 12));
+      u[12] = d4;
+      u[13] = TK;
+      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: u, bindings, workgroups: wg });
     }
     if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant });
   } finally {
@@ -315,8 +325,4 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
       workgroups: wg,
     });
   }
-}
-
-function attentionGpu(_dev: Device, _label: string, _bindings: unknown, _d: number, _uni: unknown): void {
-  throw new GpuError('attention: variant gpu not implemented yet');
 }
