@@ -265,3 +265,31 @@ describe('SDXL VAE (f32, scaling_factor 0.13025)', () => {
     expect(maxAbs(d)).toBeGreaterThan(0);
   });
 });
+
+describe('SDXL with f16 weights', () => {
+  it('encoders and UNet take f16 matrices; the VAE stays f32 (force_upcast)', async (ctx) => {
+    if (!dev.hasF16) ctx.skip();
+    const p16 = await StableDiffusionXLPipeline.load(dev, DIR, { weightDtype: 'f16' });
+    const ref = golden(`${REFS}/unet.safetensors`);
+    const t = (name: string): Tensor => Tensor.fromArray(dev, ref.readF32(`case0.${name}`), ref.info(`case0.${name}`).shape);
+    const e = p16.encodePrompt('a photo of a cat');
+    const hidden = await e.hidden.toArray();
+    const pred = scope(() =>
+      p16.unet.forward({ sample: t('latent'), timesteps: [1], encoderHiddenStates: e.hidden, textEmbeds: e.pooled, timeIds: [p16.addTimeIds] }),
+    );
+    e.hidden.release();
+    e.pooled.release();
+    const e16 = relErr(hidden, ref.readF32('case0.encoder_hidden_states'));
+    measured.push(`f16 encode_prompt: ${e16.toExponential(2)}`);
+    expect(e16).toBeLessThan(1e-2);
+    const u16 = relErr(await pred.toArrayAndRelease(), ref.readF32('case0.noise_pred'));
+    measured.push(`f16 unet case0.noise_pred (own f16 embeddings): ${u16.toExponential(2)}`);
+    expect(u16).toBeLessThan(2e-2);
+    // f32 VAE: same result as the f32 pipeline to f32 rounding.
+    const vref = golden(`${REFS}/vae.safetensors`);
+    const dec = scope(() => p16.vae.decode(Tensor.fromArray(dev, vref.readF32('decode_input_latent'), [1, 4, 8, 12])));
+    const v = relErr(await dec.toArrayAndRelease(), vref.readF32('decoded'));
+    measured.push(`f16 pipeline, vae decoded: ${v.toExponential(2)}`);
+    expect(v).toBeLessThan(1e-4);
+  });
+});
