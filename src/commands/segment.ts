@@ -46,6 +46,14 @@ Options:
                    attention layout differs from SD 1.x/2.x (SDXL: 3 resolution segments) gets
                    weights for its own layout unless cross_weight / self_weight are given, and a
                    self_weight row that sums to zero is an error naming the option.
+Default layer weights (used unless cross_weight / self_weight are given, or with --reference-exact):
+  SD 1.x/2.x  the reference's 'cross_weight=[1,1,10,15,10,1,1]' 'self_weight=[[1,0,0,0,0,0,1],[0,0,0,0,0,0,1]]'
+              over 7 resolution segments [down s, s/2, s/4, mid s/8, up s/4, s/2, s]
+  SDXL        'cross_weight=[1,10,1]' 'self_weight=[[1,0,1],[0,0,1]]' over its 3 segments
+              [down s/2, down s/4 + mid + up s/4, up s/2] (SDXL has no attention at full latent size):
+              the lowest resolution weighted most, as in SD; self rows = the highest-resolution down and
+              up layers, then the up layers alone (the reference's SDXL template). The reference's SD
+              lists would act as cross [1,1,10] and self rows [1,0,0] / [0,0,0], giving NaN masks.
 Overrides (the reference's keys and syntax, configs/run_segmentation.yaml):
   elbo_strength=3  cross_gaussian_var=3  'elbo_timesteps=[[1,999,50]]'  'collect_timesteps=[[20,201,20]]'
   'elbo_timesteps=[["random",1,999,20]]'  fix_temperature=true  elbo_path=FILE.json
