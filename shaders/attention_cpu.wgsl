@@ -1,3 +1,4 @@
+{{ENABLE}}
 // Fused attention shaped for lavapipe (PLATFORM.md): workgroup of 8, no shared memory. Each
 // invocation owns R query rows of one (batch, head): rows t, t+8, ... of the workgroup's
 // block, so the 8 lanes walk the same keys. Keys come in blocks of JB; per block the

@@ -33,8 +33,10 @@ export function variants(): string[] {
 /** Register-block sizes of the 'cpu' variant, chosen by the sweep in
  *  bench/kernels-attention.ts (which changes them to measure alternatives). */
 export const attentionTuning = {
-  cpuFwd: { R: 8, JB: 8 },
-  cpuProbs: { R: 4, JB: 4 },
+  cpuFwd: { R: 8, JB: 16 },
+  cpuProbs: { R: 8, JB: 8 },
+  /** Share K / V loads across the 8 lanes by subgroupBroadcast where the adapter has subgroups. */
+  subgroups: true,
 };
 
 /**
@@ -77,9 +79,10 @@ const DMAX4 = 40;
  * every head size), with the output rows in a private array touched once per R x JB
  * multiply-adds.
  */
-function cpuForwardBody(R: number, JB: number): string {
+function cpuForwardBody(R: number, JB: number, sg: boolean): string {
   const rs = range(R);
   const js = range(JB);
+  const gs = range(JB / 8);
   const L: string[] = [];
   L.push('  let d4 = (p.d + 3u) / 4u;');
   for (const r of rs) {
@@ -96,10 +99,23 @@ function cpuForwardBody(R: number, JB: number): string {
     L.push(`    var ok${j} = j0 + ${j}u < kend;`);
     L.push(`    if (p.hasMask != 0u) { ok${j} = ok${j} && mask[b * p.Nk + jc${j}] != 0.0; }`);
   }
+  // With subgroups, lane t loads key j0 + 8g + t and the subgroup (= the workgroup of 8)
+  // shares it by broadcast: one K / V load per lane per 8 keys instead of 8.
+  if (sg) for (const g of gs) L.push(`    let kl${g} = (b * p.Nk + min(j0 + ${g * 8}u + t, p.Nk - 1u)) * p.HD + hoff;`);
+  const keyLoads = (name: string, ld: string): void => {
+    if (!sg) {
+      for (const j of js) L.push(`      let ${name}${j} = ${ld}(ko${j}, c);`);
+      return;
+    }
+    for (const g of gs) {
+      L.push(`      let ${name}m${g} = ${ld}(kl${g}, c);`);
+      for (let jj = 0; jj < 8; jj++) L.push(`      let ${name}${g * 8 + jj} = subgroupBroadcast(${name}m${g}, ${jj}u);`);
+    }
+  };
   for (const r of rs) for (const j of js) L.push(`    var s${r}_${j} = 0.0;`);
   L.push('    for (var c = 0u; c < d4; c++) {');
   for (const r of rs) L.push(`      let q${r} = ldq(qo${r}, c);`);
-  for (const j of js) L.push(`      let k${j} = ldk(ko${j}, c);`);
+  keyLoads('k', 'ldk');
   for (const r of rs) for (const j of js) L.push(`      s${r}_${j} += dot(q${r}, k${j});`);
   L.push('    }');
   for (const r of rs) {
@@ -113,7 +129,7 @@ function cpuForwardBody(R: number, JB: number): string {
     L.push(`    m${r} = mx${r};`);
   }
   L.push('    for (var c = 0u; c < d4; c++) {');
-  for (const j of js) L.push(`      let v${j} = ldv(ko${j}, c);`);
+  keyLoads('v', 'ldv');
   L.push(`      let oc = c * ${R}u;`);
   for (const r of rs) L.push(`      o[oc + ${r}u] = o[oc + ${r}u] * al${r} + ${js.map((j) => `p${r}_${j} * v${j}`).join(' + ')};`);
   L.push('    }');
@@ -175,14 +191,15 @@ function cpuProbsBody(R: number, JB: number): string {
   return L.join('\n');
 }
 
-function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean): string {
+function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false): string {
   const fwd = name === 'attention_cpu';
   return fillTemplate(loadShader(name), {
     R,
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
     LOADERS: loaders(vec, fwd, fwd),
-    BODY: fwd ? cpuForwardBody(R, JB) : cpuProbsBody(R, JB),
+    BODY: fwd ? cpuForwardBody(R, JB, sg) : cpuProbsBody(R, JB),
+    ENABLE: sg ? 'enable subgroups;' : '',
   });
 }
 
@@ -257,7 +274,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
     } else if (variant === 'cpu') {
       const { R, JB } = attentionTuning.cpuFwd;
       const vec = d % 4 === 0;
-      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}`, () => cpuShader('attention_cpu', R, JB, vec));
+      const sg = attentionTuning.subgroups && dev.features.subgroups && JB % 8 === 0;
+      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}`, () => cpuShader('attention_cpu', R, JB, vec, sg));
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
