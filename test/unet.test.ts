@@ -39,6 +39,12 @@ describe.each(Object.entries(PIPELINES))('UNet %s', (_, p) => {
         expect(relErr(await list[i]!.sum.toArray(), ref.readF32(refs[i]!.tensor)), refs[i]!.tensor).toBeLessThan(2e-4);
       }
     }
+    if (lat[2] === lat[3]) {
+      // The layout known before any forward equals the one the store saw.
+      const layout = unet.attentionLayout(lat[2]!);
+      expect(layout.filter((l) => l.kind === 'self').map((l) => [l.name, l.res])).toEqual(store.self.map((l) => [l.name, l.h]));
+      expect(layout.filter((l) => l.kind === 'cross').map((l) => [l.name, l.res])).toEqual(store.cross.map((l) => [l.name, l.h]));
+    }
     store.reset();
   });
 });

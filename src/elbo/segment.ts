@@ -164,6 +164,16 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
     return pos;
   });
 
+  // The layer weights are checked against the UNet's attention layout before any model work.
+  {
+    const layout = pipe.unet.attentionLayout(pipe.vae.sampleSize / 8);
+    const asMaps = (kind: 'self' | 'cross'): LayerMap[] =>
+      layout.filter((l) => l.kind === kind).map((l) => ({ name: l.name, place: placeOf(l.name), res: l.res, data: new Float32Array(0) }));
+    crossLayerWeights(asMaps('cross'), cfg.cross_gaussian_var, cfg.cross_weight);
+    const sw0 = selfLayerWeights(asMaps('self'), cfg.self_weight);
+    if (!opts.referenceExact) checkSelfWeightSums(sw0);
+  }
+
   // 1.1 Encode the image.
   progress({ phase: 'encode', done: 0, total: 1 });
   const S = pipe.vae.sampleSize;

@@ -354,6 +354,33 @@ export class UNet2DConditionModel {
     };
   }
 
+  /**
+   * The attention layers in forward call order with their grid side for a square latent of
+   * `side`: the layout the attention store will have, known before any forward.
+   */
+  attentionLayout(side: number): { name: string; kind: 'self' | 'cross'; res: number }[] {
+    const c = this.config;
+    const n = c.blockOutChannels.length;
+    const out: { name: string; kind: 'self' | 'cross'; res: number }[] = [];
+    const push = (prefix: string, res: number, depth: number): void => {
+      for (let k = 0; k < depth; k++) {
+        out.push({ name: `${prefix}.transformer_blocks.${k}.attn1`, kind: 'self', res });
+        out.push({ name: `${prefix}.transformer_blocks.${k}.attn2`, kind: 'cross', res });
+      }
+    };
+    c.downBlockTypes.forEach((t, i) => {
+      if (t !== 'CrossAttnDownBlock2D') return;
+      for (let j = 0; j < c.layersPerBlock; j++) push(`down_blocks.${i}.attentions.${j}`, side / 2 ** i, c.transformerLayers[i]!);
+    });
+    if (c.midBlockType) push('mid_block.attentions.0', side / 2 ** (n - 1), c.transformerLayers[n - 1]!);
+    const revDepth = [...c.transformerLayers].reverse();
+    c.upBlockTypes.forEach((t, i) => {
+      if (t !== 'CrossAttnUpBlock2D') return;
+      for (let j = 0; j < c.layersPerBlock + 1; j++) push(`up_blocks.${i}.attentions.${j}`, side / 2 ** (n - 1 - i), revDepth[i]!);
+    });
+    return out;
+  }
+
   /** Noise prediction (B, outChannels, h, w) in the model's prediction type. */
   forward(inp: UNetInputs): Tensor {
     const { sample, store } = inp;
