@@ -461,7 +461,13 @@ export class UNet2DConditionModel {
     return linear(linear(addIn, W.add1!.weight, W.add1!.bias, { act: 'silu' }), W.add2!.weight, W.add2!.bias);
   }
 
+  // Each block runs in its own scope so its intermediates are freed as soon as it returns
+  // (a whole-forward scope would keep every activation of the UNet alive at once).
   private resnet(x: Tensor, tembAct: Tensor, r: Resnet): Tensor {
+    return scope(() => this.resnetBody(x, tembAct, r));
+  }
+
+  private resnetBody(x: Tensor, tembAct: Tensor, r: Resnet): Tensor {
     const c = this.config;
     const [B, , ,] = x.shape as [number, number, number, number];
     let h = groupNorm(x, c.normNumGroups, r.norm1.weight, r.norm1.bias, c.normEps, { silu: true });
@@ -474,6 +480,26 @@ export class UNet2DConditionModel {
   }
 
   private transformer(x: Tensor, ctx: Tensor, t: Transformer, store?: AttentionStore): Tensor {
+    return scope(() => this.transformerBody(x, ctx, t, store));
+  }
+
+  /** One BasicTransformerBlock: self-attention (attn1), cross-attention (attn2), GEGLU feed-forward. hs: (B, N, C). */
+  private transformerBlock(hs: Tensor, ctx: Tensor, b: TBlock, name: string, heads: number, h: number, w: number, B: number, N: number, store?: AttentionStore): Tensor {
+    const sumBatch = store ? !store.perBatch : undefined;
+    let n = layerNorm(hs, b.norm1.weight, b.norm1.bias, 1e-5);
+    let probs = store?.next('self', `${name}.attn1`, h, w, B, N);
+    let a = attention(linear(n, b.q1.weight), linear(n, b.k1.weight), linear(n, b.v1.weight), heads, { probsOut: probs, probsSumBatch: sumBatch });
+    let x = linear(a, b.o1.weight, b.o1.bias, { residual: hs });
+    n = layerNorm(x, b.norm2.weight, b.norm2.bias, 1e-5);
+    probs = store?.next('cross', `${name}.attn2`, h, w, B, ctx.shape[1]!);
+    a = attention(linear(n, b.q2.weight), linear(ctx, b.k2.weight), linear(ctx, b.v2.weight), heads, { probsOut: probs, probsSumBatch: sumBatch });
+    x = linear(a, b.o2.weight, b.o2.bias, { residual: x });
+    n = layerNorm(x, b.norm3.weight, b.norm3.bias, 1e-5);
+    const ff = geglu(linear(n, b.ff1.weight, b.ff1.bias));
+    return linear(ff, b.ff2.weight, b.ff2.bias, { residual: x });
+  }
+
+  private transformerBody(x: Tensor, ctx: Tensor, t: Transformer, store?: AttentionStore): Tensor {
     const [B, C, h, w] = x.shape as [number, number, number, number];
     const N = h * w;
     let hs = groupNorm(x, this.config.normNumGroups, t.norm.weight, t.norm.bias, 1e-6);
@@ -484,21 +510,9 @@ export class UNet2DConditionModel {
       hs = conv2d(hs, t.projIn.weight, { bias: t.projIn.bias });
       hs = permute(hs.reshape([B, C, N]), [0, 2, 1]); // (B, N, C)
     }
-    const ctxB = ctx;
     t.blocks.forEach((b, k) => {
-      const name = `${t.name}.transformer_blocks.${k}`;
-      // Self-attention (attn1), then cross-attention (attn2), then GEGLU feed-forward.
-      let n = layerNorm(hs, b.norm1.weight, b.norm1.bias, 1e-5);
-      let probs = store?.next('self', `${name}.attn1`, h, w, B, N);
-      let a = attention(linear(n, b.q1.weight), linear(n, b.k1.weight), linear(n, b.v1.weight), t.heads, { probsOut: probs, probsSumBatch: store ? !store.perBatch : undefined });
-      hs = linear(a, b.o1.weight, b.o1.bias, { residual: hs });
-      n = layerNorm(hs, b.norm2.weight, b.norm2.bias, 1e-5);
-      probs = store?.next('cross', `${name}.attn2`, h, w, B, ctxB.shape[1]!);
-      a = attention(linear(n, b.q2.weight), linear(ctxB, b.k2.weight), linear(ctxB, b.v2.weight), t.heads, { probsOut: probs, probsSumBatch: store ? !store.perBatch : undefined });
-      hs = linear(a, b.o2.weight, b.o2.bias, { residual: hs });
-      n = layerNorm(hs, b.norm3.weight, b.norm3.bias, 1e-5);
-      const ff = geglu(linear(n, b.ff1.weight, b.ff1.bias));
-      hs = linear(ff, b.ff2.weight, b.ff2.bias, { residual: hs });
+      const input = hs;
+      hs = scope(() => this.transformerBlock(input, ctx, b, `${t.name}.transformer_blocks.${k}`, t.heads, h, w, B, N, store));
     });
     if (this.config.useLinearProjection) {
       hs = linear(hs, t.projOut.weight, t.projOut.bias);
