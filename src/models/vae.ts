@@ -143,10 +143,16 @@ class ResnetBlock2D {
     );
   }
   forward(x: Tensor): Tensor {
+    // Each intermediate is released as soon as its consumer is recorded: at 512x512 the
+    // decoder's last block has 256 MiB inputs and 128 MiB intermediates.
     return scope(() => {
-      const h = this.conv1.forward(this.norm1.forward(x, true));
+      const n1 = this.norm1.forward(x, true);
+      const h = this.conv1.forward(n1);
+      n1.release();
+      const n2 = this.norm2.forward(h, true);
+      h.release();
       const shortcut = this.convShortcut ? this.convShortcut.forward(x) : x;
-      return this.conv2.forward(this.norm2.forward(h, true), { residual: shortcut });
+      return this.conv2.forward(n2, { residual: shortcut });
     });
   }
 }
@@ -269,7 +275,7 @@ class Encoder {
       if (b.downsampler) h = replace(h, downsample(b.downsampler, h));
     }
     h = replace(h, this.midBlock.forward(h));
-    return scope(() => this.convOut.forward(this.convNormOut.forward(h, true)));
+    return replace(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
   }
 }
 
@@ -311,7 +317,7 @@ class Decoder {
       // Upsample2D: nearest 2x, then a 3x3 conv
       if (b.upsampler) h = replace(h, scope(() => b.upsampler!.forward(upsampleNearest2x(h))));
     }
-    return scope(() => this.convOut.forward(this.convNormOut.forward(h, true)));
+    return replace(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
   }
 }
 
