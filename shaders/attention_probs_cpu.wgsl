@@ -1,3 +1,4 @@
+{{ENABLE}}
 // Head-mean attention probabilities for lavapipe: workgroup of 8, each invocation owns R
 // query rows x JB keys of one output plane (keys t, t+8, ... of the workgroup's key block)
 // and sums exp2(s - max) / sum over heads (and batches when summing over them) in registers

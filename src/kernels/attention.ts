@@ -33,8 +33,8 @@ export function variants(): string[] {
 /** Register-block sizes of the 'cpu' variant, chosen by the sweep in
  *  bench/kernels-attention.ts (which changes them to measure alternatives). */
 export const attentionTuning = {
-  cpuFwd: { R: 8, JB: 16 },
-  cpuProbs: { R: 8, JB: 8 },
+  cpuFwd: { R: 8, JB: 32 },
+  cpuProbs: { R: 16, JB: 8 },
   /** Share K / V loads across the 8 lanes by subgroupBroadcast where the adapter has subgroups. */
   subgroups: true,
 };
@@ -146,9 +146,10 @@ function cpuForwardBody(R: number, JB: number, sg: boolean): string {
 }
 
 /** Body of attention_probs_cpu.wgsl for R rows x JB keys, unrolled as cpuForwardBody. */
-function cpuProbsBody(R: number, JB: number): string {
+function cpuProbsBody(R: number, JB: number, sg: boolean): string {
   const rs = range(R);
   const js = range(JB);
+  const gs = range(R / 8);
   const L: string[] = [];
   L.push('  let d4 = (p.d + 3u) / 4u;');
   for (const r of rs) L.push(`  let ir${r} = min(i0 + ${r}u, p.Nq - 1u);`);
@@ -160,19 +161,41 @@ function cpuProbsBody(R: number, JB: number): string {
     L.push(`    if (p.hasMask != 0u) { keep${j} = mask[b * p.Nk + jk${j}] != 0.0; }`);
     L.push(`    let ko${j} = (b * p.Nk + jk${j}) * p.HD;`);
   }
-  for (const r of rs) L.push(`    let qo${r} = (b * p.Nq + ir${r}) * p.HD;`);
+  // With subgroups, lane t loads the q row (and statistics) of row i0 + 8g + t and the
+  // subgroup shares it by broadcast: the rows are the same for all 8 lanes.
+  if (sg) for (const g of gs) L.push(`    let ql${g} = (b * p.Nq + min(i0 + ${g * 8}u + t, p.Nq - 1u)) * p.HD;`);
+  else for (const r of rs) L.push(`    let qo${r} = (b * p.Nq + ir${r}) * p.HD;`);
   L.push('    for (var h = 0u; h < p.H; h++) {');
   L.push('      let hoff = h * p.d;');
   for (const r of rs) for (const j of js) L.push(`      var s${r}_${j} = 0.0;`);
   L.push('      for (var c = 0u; c < d4; c++) {');
-  for (const r of rs) L.push(`        let q${r} = ldq(qo${r} + hoff, c);`);
+  if (sg) {
+    for (const g of gs) {
+      L.push(`        let qm${g} = ldq(ql${g} + hoff, c);`);
+      for (let rr = 0; rr < 8; rr++) L.push(`        let q${g * 8 + rr} = subgroupBroadcast(qm${g}, ${rr}u);`);
+    }
+  } else {
+    for (const r of rs) L.push(`        let q${r} = ldq(qo${r} + hoff, c);`);
+  }
   for (const j of js) L.push(`        let k${j} = ldk(ko${j} + hoff, c);`);
   for (const r of rs) for (const j of js) L.push(`        s${r}_${j} += dot(q${r}, k${j});`);
   L.push('      }');
+  if (sg) {
+    for (const g of gs) {
+      L.push(`      let sil${g} = ((b * p.H + h) * p.Nq + min(i0 + ${g * 8}u + t, p.Nq - 1u)) * 2u;`);
+      L.push(`      let mxl${g} = stats[sil${g}];`);
+      L.push(`      let invl${g} = select(0.0, 1.0 / stats[sil${g} + 1u], stats[sil${g} + 1u] > 0.0);`);
+    }
+  }
   for (const r of rs) {
-    L.push(`      let si${r} = ((b * p.H + h) * p.Nq + ir${r}) * 2u;`);
-    L.push(`      let mx${r} = stats[si${r}];`);
-    L.push(`      let inv${r} = select(0.0, 1.0 / stats[si${r} + 1u], stats[si${r} + 1u] > 0.0);`);
+    if (sg) {
+      L.push(`      let mx${r} = subgroupBroadcast(mxl${Math.floor(r / 8)}, ${r % 8}u);`);
+      L.push(`      let inv${r} = subgroupBroadcast(invl${Math.floor(r / 8)}, ${r % 8}u);`);
+    } else {
+      L.push(`      let si${r} = ((b * p.H + h) * p.Nq + ir${r}) * 2u;`);
+      L.push(`      let mx${r} = stats[si${r}];`);
+      L.push(`      let inv${r} = select(0.0, 1.0 / stats[si${r} + 1u], stats[si${r} + 1u] > 0.0);`);
+    }
     // A masked key may score above the row max: select, never multiply, to drop it.
     for (const j of js) L.push(`      a${r}_${j} += select(0.0, exp2(s${r}_${j} * p.scale2 - mx${r}) * inv${r}, keep${j});`);
   }
@@ -198,9 +221,15 @@ function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB:
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
     LOADERS: loaders(vec, fwd, fwd),
-    BODY: fwd ? cpuForwardBody(R, JB, sg) : cpuProbsBody(R, JB),
+    BODY: fwd ? cpuForwardBody(R, JB, sg) : cpuProbsBody(R, JB, sg),
     ENABLE: sg ? 'enable subgroups;' : '',
   });
+}
+
+/** The broadcasts assume one subgroup per workgroup of 8 lanes: lavapipe's subgroups are its
+ *  8-wide vectors; a GPU's subgroup size differs and these kernels are not its variant. */
+function subgroupsOf8(dev: Device): boolean {
+  return dev.features.subgroups && dev.adapter.isFallback;
 }
 
 function defaultVariant(dev: Device): AttentionVariant {
@@ -274,7 +303,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
     } else if (variant === 'cpu') {
       const { R, JB } = attentionTuning.cpuFwd;
       const vec = d % 4 === 0;
-      const sg = attentionTuning.subgroups && dev.features.subgroups && JB % 8 === 0;
+      const sg = attentionTuning.subgroups && subgroupsOf8(dev) && JB % 8 === 0;
       const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}`, () => cpuShader('attention_cpu', R, JB, vec, sg));
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
@@ -320,8 +349,9 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
   const label = `attention probs ${shapeStr(probsOut.shape)} H${a.H}`;
   const useCpu = a.variant !== 'naive';
   const { R, JB } = attentionTuning.cpuProbs;
+  const sg = attentionTuning.subgroups && subgroupsOf8(dev) && R % 8 === 0;
   const pipe = useCpu
-    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${a.d % 4 === 0 ? 'vec4' : 'f32'}`, () => cpuShader('attention_probs_cpu', R, JB, a.d % 4 === 0))
+    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${a.d % 4 === 0 ? 'vec4' : 'f32'}${sg ? ' sg' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, a.d % 4 === 0, sg))
     : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
   for (let p0 = 0; p0 < planes; p0 += perDispatch) {
     const n = Math.min(perDispatch, planes - p0);
