@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { attention, variants, type AttentionVariant } from '../src/kernels/attention.js';
+import { attention, attentionTuning, variants, type AttentionVariant } from '../src/kernels/attention.js';
 import { expectClose, getDevice, randn } from './helpers/gpu.js';
 
 interface RefOpts {
@@ -139,6 +139,25 @@ describe('attention', () => {
         const one = (await per.toArray()).subarray(0, Nk).reduce((a, x) => a + x, 0);
         expect(one).toBeCloseTo(2, 4);
         for (const t of [q, k, v, per, summed]) t.release();
+      });
+
+      it('binds probsOut in windows of whole (Nq, Nk) planes above the binding limit', async () => {
+        const dev = await getDevice();
+        const [B, N, H, d] = [3, 16, 2, 8];
+        const qa = randn(B * N * H * d, 31, 2);
+        const ka = randn(B * N * H * d, 32, 2);
+        const q = Tensor.fromArray(dev, qa, [B, N, H * d]);
+        const k = Tensor.fromArray(dev, ka, [B, N, H * d]);
+        const probs = Tensor.zeros(dev, [B, N, N]);
+        // Planes of 1 KiB, 2 KiB limit: dispatches of 2 planes and then 1.
+        attentionTuning.maxBindingBytes = 2048;
+        try {
+          attention(q, k, k, H, { probsOut: probs, variant, causal: true }).release();
+        } finally {
+          attentionTuning.maxBindingBytes = undefined;
+        }
+        expectClose(await probs.toArray(), refAttention(qa, ka, ka, B, N, N, H, d, { causal: true }).probs, 1e-4, `${variant} windowed probs`);
+        for (const t of [q, k, probs]) t.release();
       });
 
       // On lavapipe the naive kernels take ~1.5 minutes here and the gpu variant ~2: they are

@@ -98,6 +98,31 @@ describe('groupNorm', () => {
     });
   }
 
+  it('handles a 256 MiB tensor (1, 256, 512, 512) under the real binding limit', async () => {
+    const dev = await getDevice();
+    const [C, HW, G] = [256, 512, 32];
+    const S = HW * HW;
+    const n = C * S;
+    expect(n * 4).toBeGreaterThan(dev.limits.maxStorageBufferBindingSize);
+    const xa = randn(n, 77, 2);
+    const ga = randn(C, 78);
+    const ba = randn(C, 79);
+    const x = Tensor.fromArray(dev, xa, [1, C, HW, HW]);
+    const g = Tensor.fromArray(dev, ga, [C]);
+    const b = Tensor.fromArray(dev, ba, [C]);
+    const y = await groupNorm(x, G, g, b, 1e-5, { silu: true }).toArray();
+    x.release();
+    // Check the first group, one in the middle of the second window and the last.
+    const per = (C / G) * S;
+    for (const grp of [0, 17, G - 1]) {
+      const xs = xa.subarray(grp * per, (grp + 1) * per);
+      const cs = C / G;
+      const ref = refGroupNorm(xs, 1, cs, S, 1, ga.subarray(grp * cs, (grp + 1) * cs), ba.subarray(grp * cs, (grp + 1) * cs), 1e-5, true);
+      expectClose(y.subarray(grp * per, (grp + 1) * per), ref, 1e-4, `groupNorm 256 MiB group ${grp}`);
+    }
+    for (const t of [g, b]) t.release();
+  });
+
   it('names the shapes on bad arguments', async () => {
     const dev = await getDevice();
     const x = Tensor.zeros(dev, [1, 6, 4, 4]);

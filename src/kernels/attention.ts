@@ -37,6 +37,8 @@ export const attentionTuning = {
   cpuProbs: { R: 16, JB: 8 },
   /** Share K / V loads across the 8 lanes by subgroupBroadcast where the adapter has subgroups. */
   subgroups: true,
+  /** Test hook: a smaller storage binding limit, so the windowed probsOut path runs on small shapes. */
+  maxBindingBytes: undefined as number | undefined,
 };
 
 /**
@@ -338,7 +340,7 @@ interface ProbsArgs {
 function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnType<Tensor['binding']>, stats: Tensor, probsOut: Tensor, a: ProbsArgs): void {
   const planes = probsOut.rank === 3 ? probsOut.shape[0]! : 1;
   const planeBytes = a.Nq * a.Nk * 4;
-  const limit = dev.limits.maxStorageBufferBindingSize;
+  const limit = Math.min(dev.limits.maxStorageBufferBindingSize, attentionTuning.maxBindingBytes ?? Infinity);
   let perDispatch = planes;
   if (planes * planeBytes > limit) {
     if (planeBytes > limit || planeBytes % 256 !== 0) {
