@@ -86,6 +86,8 @@ describe('groupNorm', () => {
       await checkGroupNorm(variant, [1, 12, 257], 4, true);
       await checkGroupNorm(variant, [1, 320, 64, 64], 32, true);
       await checkGroupNorm(variant, [1, 8, 4, 4, 4], 2, false);
+      // Mean far from zero relative to the spread (std ~1.2 around 100).
+      await checkGroupNorm(variant, [1, 64, 32, 32], 32, false, 100);
     });
 
     it(`${variant}: binds windows per range of (batch, group) above the binding limit`, async () => {
