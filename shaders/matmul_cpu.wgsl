@@ -50,10 +50,17 @@ fn unpack8(q: vec4<u32>) -> array<f32, 8> {
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+//#if COL_LANES
+  let row0 = wid.x * TM;
+  let col0 = (wid.y * 8u + lid.x) * TN;
+  let z = wid.z;
+  if (col0 >= p.N) { return; }
+//#else
   let row0 = (wid.x * 8u + lid.x) * TM;
   let col0 = wid.y * TN;
   let z = wid.z;
   if (row0 >= p.M) { return; }
+//#endif
   let aB = p.aOff + z * p.aBs;
   let bB = p.bOff + z * p.bBs;
 

@@ -34,7 +34,7 @@ export function convVariants(): string[] {
 }
 
 // Register block of the direct conv (benchmarked in bench/kernels-matmul.ts).
-const DIRECT = parseBlock(process.env.ELBO_CONV_TILE) ?? { PW: 8, CV: 4 };
+const DIRECT = parseBlock(process.env.ELBO_CONV_TILE) ?? { PW: 16, CV: 2 };
 const GPU_TILE = 64;
 
 function parseBlock(s: string | undefined): { PW: number; CV: number } | undefined {

@@ -223,6 +223,7 @@ function parseTile(s: string | undefined): { TM: number; NV: number } | undefine
 // Tile shapes of the cpu kernel (benchmarked in bench/kernels-matmul.ts).
 const CPU_TILE = parseTile(process.env.ELBO_MATMUL_TILE) ?? { TM: 16, NV: 4 };
 const GEMV_TILE = { TM: 1, NV: 2 };
+const COL_LANES = process.env.ELBO_COL_LANES === '1';
 const GPU_TILE = 64;
 
 /** Picks load modes for the cpu kernel from strides and alignment. */
@@ -259,12 +260,15 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   const { TM, NV } = g.shape === 'gemv' ? GEMV_TILE : CPU_TILE;
   const d = cpuModes(g, c.M, c.N, c.a.off, c.b.off, NV);
   d.BIAS_F16 = biasF16;
+  // One row (gemv): lanes must span columns, or 7 of 8 would idle.
+  const colLanes = COL_LANES || g.shape === 'gemv';
+  d.COL_LANES = colLanes;
   const KS = d.B_H8 || d.B_TH8 ? 8 : 4;
   const A_VEC = d.A_V4 || d.A_T4 ? 'vec4<f32>' : 'f32';
   const B_VEC = d.B_V4 || d.B_T4 ? 'vec4<f32>' : d.B_H8 || d.B_TH8 ? 'vec4<u32>' : d.B_F16 ? 'u32' : 'f32';
   const key = `matmul_cpu:${TM}x${NV}:${Object.keys(d).filter((k) => d[k]).sort().join(',')}`;
   const pipeline = dev.pipeline(key, () => buildShader('matmul_cpu', d, { TM, NV, TN: 4 * NV, KS, A_VEC, B_VEC }));
-  return { pipeline, tile: [TM * 8, 4 * NV] };
+  return { pipeline, tile: colLanes ? [TM, 4 * NV * 8] : [TM * 8, 4 * NV] };
 }
 
 /** Splits [0, n) into about `count` pieces, starting at multiples of 8 while pieces are that long. */
