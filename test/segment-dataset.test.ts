@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { main } from '../src/cli.js';
-import { readPngRaw } from '../src/io/image.js';
+import { readPngRaw, writeGreyPng } from '../src/io/image.js';
 
 let root: string;
 
@@ -37,7 +37,7 @@ beforeAll(async () => {
     const rgb = new Uint8Array(W * H * 3).map((_, i) => (i * 31 + name.length * 7) % 256);
     await sharp(Buffer.from(rgb), { raw: { width: W, height: H, channels: 3 } }).jpeg().toFile(join(root, 'JPEGImages', `${name}.jpg`));
     const gt = new Uint8Array(W * H).map((_, i) => (i % W < W / 2 ? labels[0] : labels[1]));
-    await sharp(Buffer.from(gt), { raw: { width: W, height: H, channels: 1 } }).png().toFile(join(root, 'SegmentationClassAug', `${name}.png`));
+    await writeGreyPng(join(root, 'SegmentationClassAug', `${name}.png`), W, H, gt);
   }
   writeFileSync(join(root, 'val_id.txt'), 'img_a\nimg_b\n');
   const info = readFileSync('metadata/voc/info.yaml', 'utf8')
