@@ -4,6 +4,8 @@ import { elementwiseVariants } from './elementwise.js';
 import { layoutVariants } from './layout.js';
 import { resizeVariants } from './resize.js';
 import { variants as matmulVariants } from './matmul.js';
+import { convVariants } from './conv.js';
+import { normVariants } from './norm.js';
 
 export * from './elementwise.js';
 export * from './reduce.js';
@@ -21,5 +23,5 @@ export { attentionVariants, matmulVariants };
  * plain name is ambiguous across `export *`, so the index exports this map under it.
  */
 export function variants(): Record<string, string[]> {
-  return { matmul: matmulVariants(), attention: attentionVariants(), elementwise: elementwiseVariants(), layout: layoutVariants(), resize: resizeVariants() };
+  return { matmul: matmulVariants(), conv2d: convVariants(), attention: attentionVariants(), norm: normVariants(), elementwise: elementwiseVariants(), layout: layoutVariants(), resize: resizeVariants() };
 }
