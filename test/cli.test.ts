@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { main } from '../src/cli.js';
 import { readPngRaw } from '../src/io/image.js';
-import { writeSafetensors } from '../src/io/safetensors.js';
+import { SafeTensorsFile, writeSafetensors } from '../src/io/safetensors.js';
 
 let tmp: string;
 const quick = ['elbo_timesteps=[[1,999,400]]', 'collect_timesteps=[[20,201,100]]', '--quiet', '--no-overlays'];
@@ -110,6 +110,33 @@ describe('segment command', () => {
     expect(r.code).not.toBe(0);
     expect(r.err).toMatch(/elbo_noise has shape \[5, 4, 32, 32\], expected \[3, 4, 32, 32\]/);
     expect(filesUnder(join(out, 'heatmaps'))).toEqual([]);
+  });
+
+  it('reproduces the reference run from the command line: --noise, overrides, --dump and heatmaps', async () => {
+    const dir = 'test/fixtures/sd21-tiny/elbo/template-small';
+    const out = join(tmp, 'golden-cli');
+    const dump = join(tmp, 'dump.safetensors');
+    const r = await run([
+      'segment', '--image', 'test/fixtures/common/test_image.png', '--classes', 'cat,potted plant,car', '--out', out,
+      '--model', 'test/fixtures/sd21-tiny', '--noise', `${dir}/elbo.safetensors`, '--dump', dump, '--quiet',
+      'elbo_timesteps=[[1,999,200]]', 'collect_timesteps=[[20,201,60]]', 'cross_gaussian_var=3', 'elbo_strength=3',
+    ]);
+    expect(r.code, r.err).toBe(0);
+    const got = SafeTensorsFile.open(dump);
+    const ref = SafeTensorsFile.open(`${dir}/elbo.safetensors`);
+    for (const name of ['z_source', 'elbo_losses', 'elbo', 'cross_att.0', 'cross_att.1', 'cross_att.2', 'mask_lowres.0', 'mask_lowres.1', 'mask_lowres.2']) {
+      expect(got.info(name).shape, name).toEqual(ref.info(name).shape);
+      const a = got.readF32(name);
+      const b = ref.readF32(name);
+      const scale = Math.max(...b.map(Math.abs));
+      expect(Math.max(...a.map((v, i) => Math.abs(v - b[i]!))) / scale, name).toBeLessThan(2e-3);
+    }
+    expect(got.info('self_att').shape).toEqual([256, 256]);
+    for (const [i, cls] of ['cat', 'potted plant', 'car'].entries()) {
+      const mine = readPngRaw(join(out, 'heatmaps', `test_image_${cls}.png`)).data;
+      const theirs = readPngRaw(`${dir}/heatmap_${i}.png`).data;
+      expect(Math.max(...Array.from(mine, (v, k) => Math.abs(v - theirs[k]!))), cls).toBeLessThanOrEqual(1);
+    }
   });
 
   it('fails clearly when the output directory cannot be written', async () => {
