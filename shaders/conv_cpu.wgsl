@@ -16,6 +16,8 @@ const PW = {{PW}}u;     // output pixels per invocation
 const CV = {{CV}}u;     // vec4 groups of output channels per invocation
 const CN = {{CN}}u;     // = 4 * CV
 const SEG = {{SEG}}u;   // = (PW - 1) * S + KW input values per row segment
+const NW = {{NW}}u;     // SG_W: weight vectors per (ci, ky): KW taps x CV (f32) or CV / 2 (f16)
+const WPL = {{WPL}}u;   // SG_W: of which each lane loads WPL = ceil(NW / 8)
 
 fn ldW(i: u32) -> f32 {
 //#if W_V4
@@ -40,8 +42,17 @@ fn unpack8(q: vec4<u32>) -> array<f32, 8> {
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let tilesPerRow = (p.Wo + PW - 1u) / PW;
-  let t = wid.x * 8u + lid.x;
-  if (t >= tilesPerRow * p.Ho) { return; }
+  let t0 = wid.x * 8u + lid.x;
+  let alive = t0 < tilesPerRow * p.Ho;
+//#if SG_W
+  // SG_W: the 8 lanes (one subgroup) share the workgroup's output channels, so each loads
+  // a slice of the weights and subgroupBroadcast hands it round; every lane must stay
+  // alive through the loop, past-the-end lanes compute a clamped tile and do not store.
+  let t = min(t0, tilesPerRow * p.Ho - 1u);
+//#else
+  if (!alive) { return; }
+  let t = t0;
+//#endif
   let oy = t / tilesPerRow;
   let ox0 = (t % tilesPerRow) * PW;
   let co0 = wid.y * CN;
@@ -78,10 +89,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let xRow = xCh + u32(clamp(iy, 0, i32(p.H) - 1)) * p.W;
       var xs: array<f32, SEG>;
       for (var j = 0u; j < SEG; j++) { xs[j] = select(0.0, b[xRow + xc[j]], rowIn && xin[j]); }
+//#if SG_W && W_V4
+      var mine: array<vec4<f32>, WPL>;
+      for (var j = 0u; j < WPL; j++) {
+        let q = min(lid.x + 8u * j, NW - 1u);
+        mine[j] = a[(wCh + (ky * KW + q / CV) * p.e0 + p.aOff + min(co0 + 4u * (q % CV), p.M - 4u)) >> 2u];
+      }
+//#elif SG_W && W_H8
+      var mine: array<vec4<u32>, WPL>;
+      for (var j = 0u; j < WPL; j++) {
+        let q = min(lid.x + 8u * j, NW - 1u);
+        mine[j] = a[(wCh + (ky * KW + q / (CV / 2u)) * p.e0 + p.aOff + min(co0 + 8u * (q % (CV / 2u)), p.M - 8u)) >> 3u];
+      }
+//#endif
       for (var kx = 0u; kx < KW; kx++) {
         let wT = wCh + (ky * KW + kx) * p.e0;
         var wv: array<vec4<f32>, CV>;
-//#if W_V4
+//#if SG_W && W_V4
+        for (var c = 0u; c < CV; c++) { wv[c] = subgroupBroadcast(mine[(kx * CV + c) / 8u], (kx * CV + c) % 8u); }
+//#elif SG_W && W_H8
+        for (var c = 0u; c < CV / 2u; c++) {
+          let h = unpack8(subgroupBroadcast(mine[(kx * (CV / 2u) + c) / 8u], (kx * (CV / 2u) + c) % 8u));
+          wv[2u * c] = vec4<f32>(h[0], h[1], h[2], h[3]);
+          wv[2u * c + 1u] = vec4<f32>(h[4], h[5], h[6], h[7]);
+        }
+//#elif W_V4
         for (var c = 0u; c < CV; c++) { wv[c] = a[(wT + wc[c]) >> 2u]; }
 //#elif W_H8
         for (var c = 0u; c < CV / 2u; c++) {
@@ -104,7 +136,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   var fin = acc;
   for (var px = 0u; px < PW; px = px + 1u) {
     let ox = ox0 + px;
-    if (ox < p.Wo) {
+    if (alive && ox < p.Wo) {
       let n = oy * p.Wo + ox;
       for (var c = 0u; c < CV; c = c + 1u) { epilogue4r(fin[px][c], co0 + 4u * c, n, z); }
     }

@@ -19,6 +19,7 @@ const TM = {{TM}}u;      // output rows per invocation
 const NV = {{NV}}u;      // vec4 column groups per invocation
 const TN = {{TN}}u;      // = 4 * NV output columns per invocation
 const KS = {{KS}}u;      // K per main-loop step: 4, or 8 when b is read as vec4<u32>
+const CPL = {{CPL}}u;    // SG_B: columns of b each lane loads (TN / 8)
 
 fn ldA(i: u32) -> f32 {
 //#if A_V4 || A_T4
@@ -59,7 +60,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let row0 = (wid.x * 8u + lid.x) * TM;
   let col0 = wid.y * TN;
   let z = wid.z;
+//#if !SG_B
   if (row0 >= p.M) { return; }
+//#endif
 //#endif
   let aB = p.aOff + z * p.aBs;
   let bB = p.bOff + z * p.bBs;
@@ -73,6 +76,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#if A_T4
   var ar4: array<u32, TM / 4u>;  // a block of 4 rows starts here (M % 4 == 0: blocks never straddle M)
   for (var r = 0u; r < TM / 4u; r++) { ar4[r] = aB + min(row0 + 4u * r, p.M - 4u); }
+//#endif
+//#if SG_B
+  // SG_B: the 8 lanes share the block's columns, so each loads TN / 8 of them and
+  // subgroupBroadcast hands them to the others (a broadcast is a register shuffle on
+  // lavapipe, a load is 8 bounds-checked scalar loads). Needs all 8 lanes alive: no early return.
+  var myc: array<u32, CPL>;
+  for (var j = 0u; j < CPL; j++) { myc[j] = bB + min(col0 + lid.x * CPL + j, p.N - 1u) * p.bCs; }
 //#endif
 //#if B_V4
   var bc4: array<u32, NV>;
@@ -90,6 +100,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#if B_V4
     for (var kk = 0u; kk < KS; kk++) {
       for (var c = 0u; c < NV; c++) { bv[kk][c] = b[(bc4[c] + (k + kk) * p.bRs) >> 2u]; }
+    }
+//#elif B_T4 && SG_B
+    var mine: array<vec4<f32>, CPL>;
+    for (var j = 0u; j < CPL; j++) { mine[j] = b[(myc[j] + k) >> 2u]; }
+    for (var c = 0u; c < TN; c++) {
+      let w = subgroupBroadcast(mine[c % CPL], c / CPL);
+      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
+    }
+//#elif B_TH8 && SG_B
+    var mine: array<vec4<u32>, CPL>;
+    for (var j = 0u; j < CPL; j++) { mine[j] = b[(myc[j] + k) >> 3u]; }
+    for (var c = 0u; c < TN; c++) {
+      let h = unpack8(subgroupBroadcast(mine[c % CPL], c / CPL));
+      for (var kk = 0u; kk < 8u; kk++) { bv[kk][c / 4u][c % 4u] = h[kk]; }
     }
 //#elif B_T4
     for (var c = 0u; c < TN; c++) {

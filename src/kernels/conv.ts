@@ -10,7 +10,7 @@
 // last one.
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
 import {
-  ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, windowFor,
+  ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
   type Act, type MatmulVariant,
 } from './matmul.js';
 
@@ -35,6 +35,7 @@ export function convVariants(): string[] {
 
 // Register block of the direct conv (benchmarked in bench/kernels-matmul.ts).
 const DIRECT = parseBlock(process.env.ELBO_CONV_TILE) ?? { PW: 16, CV: 2 };
+const SG = process.env.ELBO_SG !== '0';
 const GPU_TILE = 64;
 
 function parseBlock(s: string | undefined): { PW: number; CV: number } | undefined {
@@ -185,10 +186,14 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
       const d: Record<string, boolean> = { A_F16: f16, BIAS_F16: biasF16 };
       if (!f16 && m4(Co) && m4(M) && m4(ws.off)) d.W_V4 = true;
       if (f16 && m8(Co) && m8(M) && m8(ws.off) && CV % 2 === 0) d.W_H8 = true;
+      // Lanes share the weights: each loads a slice, subgroupBroadcast hands it round.
+      if ((d.W_V4 || d.W_H8) && SG && subgroupsOf8(dev)) d.SG_W = true;
+      const NW = kw * (d.W_H8 ? CV / 2 : CV);
       const A_VEC = d.W_V4 ? 'vec4<f32>' : d.W_H8 ? 'vec4<u32>' : f16 ? 'u32' : 'f32';
       const key = `conv_cpu:${kh}x${kw}s${stride}:${PW}x${CV}:${Object.keys(d).filter((k) => d[k]).sort().join(',')}`;
       pipeline = dev.pipeline(key, () =>
-        buildShader('conv_cpu', d, { KH: kh, KW: kw, S: stride, PW, CV, CN: 4 * CV, SEG: (PW - 1) * stride + kw, A_VEC }),
+        (d.SG_W ? 'enable subgroups;\n' : '') +
+        buildShader('conv_cpu', d, { KH: kh, KW: kw, S: stride, PW, CV, CN: 4 * CV, SEG: (PW - 1) * stride + kw, A_VEC, NW, WPL: Math.ceil(NW / 8) }),
       );
       const tiles = Math.ceil(Wo / PW) * Ho;
       workgroups = [Math.ceil(tiles / 8), Math.ceil(M / (4 * CV)), ch.z1 - ch.z0];

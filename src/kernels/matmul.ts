@@ -57,16 +57,18 @@ export function bindingAlign(dev: Device): number {
 
 // ------------------------------------------------------------------ shader preprocessing
 /**
- * loadShader + `//#include name`, `//#if A || !B` / `//#elif` / `//#else` / `//#endif`
+ * loadShader + `//#include name`, `//#if A || !B && C` / `//#elif` / `//#else` / `//#endif`
  * (each on its own line) and `{{KEY}}` substitution.
  */
 export function buildShader(name: string, defines: Record<string, boolean>, values: Record<string, string | number> = {}): string {
   const src = loadShader(name).replace(/^\/\/#include (\w+)[ \t]*$/gm, (_, inc: string) => loadShader(inc));
   const test = (expr: string): boolean =>
-    expr.split('||').some((term) => {
-      const t = term.trim();
-      return t.startsWith('!') ? !defines[t.slice(1).trim()] : Boolean(defines[t]);
-    });
+    expr.split('||').some((alt) =>
+      alt.split('&&').every((term) => {
+        const t = term.trim();
+        return t.startsWith('!') ? !defines[t.slice(1).trim()] : Boolean(defines[t]);
+      }),
+    );
   const out: string[] = [];
   const stack: { parent: boolean; active: boolean; taken: boolean }[] = [];
   const active = (): boolean => (stack.length ? stack[stack.length - 1]!.active : true);
@@ -221,9 +223,22 @@ function parseTile(s: string | undefined): { TM: number; NV: number } | undefine
 }
 
 // Tile shapes of the cpu kernel (benchmarked in bench/kernels-matmul.ts).
-const CPU_TILE = parseTile(process.env.ELBO_MATMUL_TILE) ?? { TM: 16, NV: 4 };
+const TILE_OVERRIDE = parseTile(process.env.ELBO_MATMUL_TILE);
+const CPU_TILE = TILE_OVERRIDE ?? { TM: 16, NV: 4 };
+// With SG_B (by worker CPU time, 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B ~9;
+// f16 8x4 ~12.5 vs ~8).
+const SG_TILE_F32 = { TM: 4, NV: 8 };
+const SG_TILE_F16 = { TM: 8, NV: 4 };
 const GEMV_TILE = { TM: 1, NV: 2 };
 const COL_LANES = process.env.ELBO_COL_LANES === '1';
+const SG = process.env.ELBO_SG !== '0';
+
+/** True when a workgroup of 8 always lies within one subgroup (lavapipe: exactly 8). */
+export function subgroupsOf8(dev: Device): boolean {
+  if (!dev.features.subgroups) return false;
+  const info = (dev.gpu as unknown as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
+  return (info?.subgroupMinSize ?? 0) >= 8;
+}
 const GPU_TILE = 64;
 
 /** Picks load modes for the cpu kernel from strides and alignment. */
@@ -257,17 +272,23 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
     return { pipeline, tile: g.variant === 'naive' ? [8, 8] : [GPU_TILE, GPU_TILE] };
   }
   if (g.a.t.dtype !== 'f32') throw new GpuError(`${g.label}: the cpu matmul kernel reads a as f32, got ${g.a.t.dtype}`);
-  const { TM, NV } = g.shape === 'gemv' ? GEMV_TILE : CPU_TILE;
+  let { TM, NV } = g.shape === 'gemv' ? GEMV_TILE : CPU_TILE;
   const d = cpuModes(g, c.M, c.N, c.a.off, c.b.off, NV);
+  // b in the nn.Linear layout with subgroups of >= 8 lanes: the 8 lanes share the block's
+  // columns of b, each loads 1/8 of them and broadcasts (SG_B in shaders/matmul_cpu.wgsl).
+  // b then costs little, so the block turns wide and short.
+  const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
+  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? (d.B_TH8 ? SG_TILE_F16 : SG_TILE_F32));
   d.BIAS_F16 = biasF16;
   // One row (gemv): lanes must span columns, or 7 of 8 would idle.
   const colLanes = COL_LANES || g.shape === 'gemv';
   d.COL_LANES = colLanes;
+  if (sg && NV % 2 === 0) d.SG_B = true;
   const KS = d.B_H8 || d.B_TH8 ? 8 : 4;
   const A_VEC = d.A_V4 || d.A_T4 ? 'vec4<f32>' : 'f32';
   const B_VEC = d.B_V4 || d.B_T4 ? 'vec4<f32>' : d.B_H8 || d.B_TH8 ? 'vec4<u32>' : d.B_F16 ? 'u32' : 'f32';
   const key = `matmul_cpu:${TM}x${NV}:${Object.keys(d).filter((k) => d[k]).sort().join(',')}`;
-  const pipeline = dev.pipeline(key, () => buildShader('matmul_cpu', d, { TM, NV, TN: 4 * NV, KS, A_VEC, B_VEC }));
+  const pipeline = dev.pipeline(key, () => (d.SG_B ? 'enable subgroups;\n' : '') + buildShader('matmul_cpu', d, { TM, NV, TN: 4 * NV, KS, A_VEC, B_VEC, CPL: Math.max(1, NV / 2) }));
   return { pipeline, tile: colLanes ? [TM, 4 * NV * 8] : [TM * 8, 4 * NV] };
 }
 
