@@ -127,3 +127,12 @@ describe('non-entity keywords', () => {
     for (const w of NON_ENTITY_KEYWORD_LIST) expect(w).toBe(w.toLowerCase());
   });
 });
+
+describe('AEP file mode: class position text', () => {
+  it('uses the class when it is a word of the phrase, else the nouns of the phrase', async () => {
+    const { classPositionText, nounTokens } = await import('../src/elbo/nounPhrases.js');
+    expect(classPositionText('cat', 'a sleeping cat on the sofa')).toBe('cat');
+    expect(nounTokens('the red double-decker bus near a tall building')).toEqual(expect.arrayContaining(['bus', 'building']));
+    expect(classPositionText('person', 'a young woman holding an umbrella')).toBe('woman umbrella');
+  });
+});

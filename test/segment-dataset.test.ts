@@ -80,6 +80,18 @@ describe('segment-dataset + evaluate', () => {
     expect(existsSync(join(out, 'segmentation_metrics.png'))).toBe(true);
   });
 
+  it('AEP file mode: phrases give the ELBO and source prompts, and locate each class through its nouns', async () => {
+    writeFileSync(join(root, 'prompts.json'), JSON.stringify({ img_a: { subject: ['dog', 'cat'], phrase: ['the small puppy', 'a sleeping cat'] } }));
+    const info = readFileSync(join(root, 'info.yaml'), 'utf8') + `name_to_prompts: "${join(root, 'prompts.pkl')}"\n`;
+    writeFileSync(join(root, 'info-aep.yaml'), info);
+    const out = join(root, 'out-aep');
+    const r = await run(['segment-dataset', '--dataset-cfg', join(root, 'info-aep.yaml'), '--out', out, 'elbo_text.type=file', 'source_text.type=file', ...quick]);
+    expect(r.code, r.err).toBe(0);
+    expect(readdirSync(join(out, 'heatmaps')).sort()).toEqual(['0_cat.png', '0_dog.png']);
+    const elbo = JSON.parse(readFileSync(join(out, 'elbo.json'), 'utf8'));
+    expect(Object.keys(elbo.img_a.classes).sort()).toEqual(['cat', 'dog']);
+  });
+
   it('rejects an id list naming absent images', async () => {
     const ids = join(root, 'ids.txt');
     writeFileSync(ids, 'img_a\nnot_there\n');

@@ -7,6 +7,7 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { readImageRGB } from '../io/image.js';
 import { CONFIG_KEYS, applyModelDefaults, applyOverrides, defaultConfig, overriddenKeys } from '../elbo/config.js';
 import { loadDatasetConfig, loadGroundTruth, loadImageList, loadLabelsJson, parseOverrides, labelsFromGt, type ImageEntry } from '../elbo/dataset.js';
+import { classPositionText } from '../elbo/nounPhrases.js';
 import { segmentImage } from '../elbo/segment.js';
 import { loadPipeline } from '../models/pipeline.js';
 import { Device } from '../tensor/index.js';
@@ -79,7 +80,7 @@ export async function runSegmentDataset(argv: string[]): Promise<number> {
   }
   const labelsJson = values.labels ? loadLabelsJson(ds, values.labels) : undefined;
   let prompts: PromptsFile | undefined;
-  if (config.elbo_text.type === 'file') {
+  if (config.elbo_text.type === 'file' || config.source_text.type === 'file') {
     const f = ds.raw.name_to_prompts;
     if (typeof f !== 'string') throw new Error(`elbo_text.type=file needs "name_to_prompts" (a JSON of image -> {subject, phrase}) in ${ds.source}`);
     const path = f.endsWith('.pkl') ? f.replace(/\.pkl$/, '.json') : f;
@@ -120,19 +121,29 @@ export async function runSegmentDataset(argv: string[]): Promise<number> {
         continue;
       }
       const img = await readImageRGB(e.imgPath);
+      // AEP "file" mode (run_segmentation.py): a referring phrase per class and image.
       let elboTexts: string[] | undefined;
+      let sourceText: string | undefined;
+      let positionTexts: string[] | undefined;
       if (prompts) {
         const p = prompts[e.name];
         if (!p) throw new Error(`name_to_prompts: no entry for image "${e.name}"`);
-        elboTexts = classes.map((c) => {
+        const phraseOf = (c: string): string => {
           const k = p.subject.indexOf(c);
           if (k < 0) throw new Error(`name_to_prompts: image "${e.name}" has no phrase for class "${c}" (subjects: ${p.subject.join(', ')})`);
-          return `a photo of ${p.phrase[k]}`;
-        });
+          return p.phrase[k]!;
+        };
+        if (config.elbo_text.type === 'file') elboTexts = classes.map((c) => `a photo of ${phraseOf(c)}`);
+        if (config.source_text.type === 'file') {
+          sourceText = config.source_text.prompt.replace('{classes}', p.phrase.join(', '));
+          positionTexts = classes.map((c) => classPositionText(c, phraseOf(c)));
+        }
       }
       const r = await segmentImage(pipe, img, classes, {
         config,
         elboTexts,
+        sourceText,
+        positionTexts,
         normalizedElbo: elboLookup?.[e.name],
         maxBatch: batch,
         onProgress: (p) => {

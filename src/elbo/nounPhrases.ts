@@ -208,3 +208,24 @@ export function extractNounPhraseSpans(prompt: string): NounPhraseSpan[] {
 export function extractNounPhrases(prompt: string): string[] {
   return extractNounPhraseSpans(prompt).map((s) => s.text);
 }
+
+/**
+ * The common nouns (spaCy's NOUN tag) of a phrase, in order, as run_segmentation.py's AEP
+ * "file" mode collects them (`[t.text for t in nlp(phrase) if t.pos_ == "NOUN"]`) to locate
+ * a class in the source prompt when the class name is not a word of its phrase.
+ */
+export function nounTokens(phrase: string): string[] {
+  const toks = tag(phrase);
+  refineTags(phrase, toks);
+  return toks.filter((t) => t.pos === 'NOUN').map((t) => t.text);
+}
+
+/**
+ * The text whose tokens locate class `cls` in a source prompt made of referring phrases:
+ * the class itself when it is a word of its phrase, otherwise the phrase's nouns joined by
+ * spaces (run_segmentation.py, source_text.type "file").
+ */
+export function classPositionText(cls: string, phrase: string): string {
+  if (phrase.split(' ').includes(cls)) return cls;
+  return nounTokens(phrase).join(' ');
+}

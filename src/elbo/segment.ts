@@ -38,6 +38,10 @@ export interface SegmentOptions {
   noise?: SegmentNoise;
   /** ELBO prompt per class (elbo_text.type "file": "a photo of <phrase>"); default elbo_text.prompt. */
   elboTexts?: readonly string[];
+  /** Source prompt override (source_text.type "file": the prompt filled with the image's phrases). */
+  sourceText?: string;
+  /** Per class, the text whose tokens locate it in the source prompt (default: the class name). */
+  positionTexts?: readonly string[];
   /** Normalised ELBO per class (the elbo_path file's entry for this image). */
   normalizedElbo?: Record<string, number>;
   /** Build the full (N, N) self-attention operator (for --dump). */
@@ -149,14 +153,16 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
   const maxBatch = Math.max(1, opts.maxBatch ?? 4);
 
   // Token positions first: a class missing from the prompt is an input error, found before any UNet work.
-  const sourceText = cfg.source_text.prompt.replace('{classes}', classes.join(', '));
+  const sourceText = opts.sourceText ?? cfg.source_text.prompt.replace('{classes}', classes.join(', '));
   const sourceIds = pipe.tokenizer.encode(sourceText);
-  const positions = classes.map((c) => {
-    const ids = pipe.tokenizer.encode(c).slice(1, -1);
+  const positions = classes.map((c, i) => {
+    const posText = opts.positionTexts?.[i] ?? c;
+    const ids = pipe.tokenizer.encode(posText).slice(1, -1);
     const pos = findTokens(sourceIds, ids);
     if (!pos) {
       const toks = pipe.tokenizer.tokenize(sourceText).join(' ');
-      throw new Error(`segment: the tokens of class "${c}" (${ids.join(', ')}) do not occur in the source prompt "${sourceText}" (tokens: ${toks})`);
+      const via = posText === c ? '' : ` (located through "${posText}")`;
+      throw new Error(`segment: the tokens of class "${c}"${via} (${ids.join(', ')}) do not occur in the source prompt "${sourceText}" (tokens: ${toks})`);
     }
     if (pos[pos.length - 1]! >= pipe.tokenizer.maxLength - 1) {
       throw new Error(`segment: class "${c}" falls at token positions ${pos.join(', ')}, beyond the ${pipe.tokenizer.maxLength - 2} text tokens the encoder sees; the source prompt "${sourceText}" is too long (use fewer classes per image or a shorter source_text.prompt)`);
