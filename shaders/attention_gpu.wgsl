@@ -2,7 +2,7 @@
 // of one (batch, head); K and V come through shared memory in tiles of TK keys (TK * d4 vec4
 // each, filled cooperatively and coalesced), then each invocation scores its row against the
 // tile and does one online-softmax update (flash attention, f32 max / sum) per tile.
-// q / k / v are read as f32 so any head size works; d <= 4 * DMAX4.
+// q / k / v are read as f32 so any head size works; d <= 4 * DMAX4 (a template bucket).
 struct P {
   B: u32, Nq: u32, Nk: u32, H: u32,
   d: u32, HD: u32, causal: u32, hasMask: u32,
@@ -18,7 +18,7 @@ struct P {
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;
 
 const WG = 64u;
-const DMAX4 = 40u;
+const DMAX4 = {{DMAX4}}u;
 const TILE = 512u;  // vec4 per shared tile: 8 KiB each for K and V
 const NEG = -3.0e38;
 

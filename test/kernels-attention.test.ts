@@ -101,6 +101,8 @@ describe('attention', () => {
         await runCase(variant, 1, 257, 33, 2, 40, { probs: true });
         await runCase(variant, 1, 64, 64, 2, 80, { scale: 0.3 });
         await runCase(variant, 1, 20, 9, 1, 160);
+        // The VAE mid-block: one 512-wide head.
+        await runCase(variant, 1, 70, 70, 1, 512, { probs: true });
       });
 
       it('causal with a key mask (CLIP text encoder) and probsOut', async () => {

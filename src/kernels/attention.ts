@@ -72,8 +72,15 @@ function loaders(vec: boolean, withV: boolean, withStore: boolean): string {
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
-/** Largest head size of the 'cpu' variant's private output rows (d <= 4 * DMAX4). */
-const DMAX4 = 40;
+/**
+ * Capacity in vec4 of the private output rows for head size d: one bucket for every SD /
+ * CLIP head size (d <= 160), larger ones (the VAE's single 512-wide head) in steps of 128
+ * channels, so a model's head sizes share pipelines.
+ */
+function dmax4(d: number): number {
+  const d4 = Math.ceil(d / 4);
+  return d4 <= 40 ? 40 : Math.ceil(d4 / 32) * 32;
+}
 
 /**
  * Body of attention_cpu.wgsl for R rows and JB keys per block. Rows and keys are unrolled
@@ -81,7 +88,7 @@ const DMAX4 = 40;
  * every head size), with the output rows in a private array touched once per R x JB
  * multiply-adds.
  */
-function cpuForwardBody(R: number, JB: number, sg: boolean): string {
+function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number): string {
   const rs = range(R);
   const js = range(JB);
   const gs = range(JB / 8);
@@ -216,14 +223,14 @@ function cpuProbsBody(R: number, JB: number, sg: boolean): string {
   return L.join('\n');
 }
 
-function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false): string {
+function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false, DMAX4 = 40): string {
   const fwd = name === 'attention_cpu';
   return fillTemplate(loadShader(name), {
     R,
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
     LOADERS: loaders(vec, fwd, fwd),
-    BODY: fwd ? cpuForwardBody(R, JB, sg) : cpuProbsBody(R, JB, sg),
+    BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4) : cpuProbsBody(R, JB, sg),
     ENABLE: sg ? 'enable subgroups;' : '',
   });
 }
@@ -298,7 +305,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       ]);
     const bindings = [q.binding(), k.binding(), v.binding(), maskBinding, out.binding(), stats.binding()];
     // Head sizes above the 'cpu' kernel's private rows (none in SD / CLIP) take the naive kernel.
-    if (variant === 'naive' || Nk === 0 || d > 4 * DMAX4) {
+    if (variant === 'naive' || Nk === 0) {
       const pipe = dev.pipeline('attention_naive', () => loadShader('attention_naive'));
       const wg = grid1d(Math.ceil((B * H * Nq) / 64));
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], 0), bindings, workgroups: wg });
@@ -306,7 +313,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const { R, JB } = attentionTuning.cpuFwd;
       const vec = d % 4 === 0;
       const sg = attentionTuning.subgroups && subgroupsOf8(dev) && JB % 8 === 0;
-      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}`, () => cpuShader('attention_cpu', R, JB, vec, sg));
+      const dm = dmax4(d);
+      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''} dmax${dm}`, () => cpuShader('attention_cpu', R, JB, vec, sg, dm));
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
@@ -314,7 +322,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       // Keys per shared tile: 512 vec4 per tile (8 KiB each for K and V), at most 128.
       const d4 = Math.ceil(d / 4);
       const TK = Math.min(128, Math.floor(512 / d4));
-      const pipe = dev.pipeline('attention_gpu', () => loadShader('attention_gpu'));
+      const dm = dmax4(d);
+      const pipe = dev.pipeline(`attention_gpu dmax${dm}`, () => fillTemplate(loadShader('attention_gpu'), { DMAX4: dm }));
       const nRG = Math.ceil(Nq / 64);
       const wg = grid1d(B * H * nRG);
       const u = new Uint32Array(16);
