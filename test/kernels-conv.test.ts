@@ -122,6 +122,36 @@ describe('conv2d', () => {
     }
   });
 
+  it('runs on real tensors above the adapter binding limit (sampled check)', async () => {
+    dev = await getDevice();
+    const limit = dev.limits.maxStorageBufferBindingSize;
+    // x (1, Ci, 512, 512) f32 just above the limit; cheap kernels (few output channels).
+    const H = 512;
+    const Ci = Math.floor(limit / (H * H * 4)) + 2;
+    const xd = randn(Ci * H * H, 5);
+    const x = Tensor.fromArray(dev, xd, [1, Ci, H, H]);
+    for (const k of [1, 3]) {
+      const Co = 4;
+      const wd = randn(Co * Ci * k * k, 6, 0.1);
+      const w = Tensor.fromArray(dev, wd, [Co, Ci, k, k]);
+      const out = await conv2d(x, w, { padding: k >> 1 }).toArray();
+      for (const [co, oy, ox] of [[0, 0, 0], [3, 511, 511], [1, 100, 200], [2, 511, 0]] as const) {
+        let ref = 0;
+        for (let ci = 0; ci < Ci; ci++)
+          for (let ky = 0; ky < k; ky++)
+            for (let kx = 0; kx < k; kx++) {
+              const iy = oy + ky - (k >> 1);
+              const ix = ox + kx - (k >> 1);
+              if (iy < 0 || iy >= H || ix < 0 || ix >= H) continue;
+              ref += xd[(ci * H + iy) * H + ix]! * wd[((co * Ci + ci) * k + ky) * k + kx]!;
+            }
+        expect(Math.abs(out[(co * H + oy) * H + ox]! - ref)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(ref)));
+      }
+      w.release();
+    }
+    x.release();
+  });
+
   it('names both shapes on a mismatch', async () => {
     dev = await getDevice();
     const x = Tensor.zeros(dev, [1, 4, 8, 8]);

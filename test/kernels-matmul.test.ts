@@ -180,6 +180,26 @@ describe('matmul', () => {
     }
   });
 
+  it('runs with an output above the adapter binding limit (sampled check)', async () => {
+    dev = await getDevice();
+    const limit = dev.limits.maxStorageBufferBindingSize;
+    const N = 4100;
+    const M = Math.ceil(limit / (N * 4)) + 9;
+    const K = 12;
+    const ad = randn(M * K, 7);
+    const bd = randn(N * K, 8);
+    const a = Tensor.fromArray(dev, ad, [M, K]);
+    const b = Tensor.fromArray(dev, bd, [N, K]);
+    const out = linear(a, b);
+    const got = await out.toArray();
+    for (const [m, n] of [[0, 0], [M - 1, N - 1], [M >> 1, 17], [M - 3, 0], [5000, 4099]] as const) {
+      let ref = 0;
+      for (let k = 0; k < K; k++) ref += ad[m * K + k]! * bd[n * K + k]!;
+      expect(Math.abs(got[m * N + n]! - ref)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(ref)));
+    }
+    for (const t of [a, b, out]) t.release();
+  });
+
   it('names both shapes on a mismatch', async () => {
     dev = await getDevice();
     const a = Tensor.zeros(dev, [4096, 320]);
