@@ -44,12 +44,23 @@ function parseBlock(s: string | undefined): { PW: number; CV: number } | undefin
 }
 
 // ------------------------------------------------------------------ weight re-layout
-// One (ci, ky, kx, co) copy per weight tensor, made on first use. It lives as long as the
-// weight object: released when the weight is garbage-collected.
-const relaid = new WeakMap<Tensor, Tensor>();
-const relaidFinalizer = new FinalizationRegistry<Tensor>((t) => t.release());
+// One (ci, ky, kx, co) copy per weight tensor, made on first use and released at the next
+// direct conv after the weight itself is released (deterministically, not by the garbage
+// collector: memory accounting must not move by itself). It doubles 3x3 conv weight memory.
+const relaid = new Map<Tensor, Tensor>();
+
+/** Releases the re-laid copies of weights that were released (also done by every direct conv). */
+export function trimConvWeightCache(): void {
+  for (const [w, t] of relaid) {
+    if (w.released) {
+      t.release();
+      relaid.delete(w);
+    }
+  }
+}
 
 function relaidWeights(w: Tensor): Tensor {
+  trimConvWeightCache();
   let t = relaid.get(w);
   if (t && !t.released) return t;
   const dev = w.device;
@@ -72,7 +83,6 @@ function relaidWeights(w: Tensor): Tensor {
     workgroups: [gx, gy],
   });
   relaid.set(w, t);
-  relaidFinalizer.register(w, t);
   return t;
 }
 
