@@ -1,29 +1,17 @@
 // The segment command as a user runs it: outputs, resume, edge cases and bad input.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { main } from '../src/cli.js';
+import { runCli } from './helpers/cli.js';
 import { readPngRaw } from '../src/io/image.js';
 import { SafeTensorsFile, writeSafetensors } from '../src/io/safetensors.js';
 
 let tmp: string;
 const quick = ['elbo_timesteps=[[1,999,400]]', 'collect_timesteps=[[20,201,100]]', '--quiet', '--no-overlays'];
 
-async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')));
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')));
-  try {
-    const code = await main(args);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
+const run = runCli;
 
 function filesUnder(dir: string): string[] {
   if (!existsSync(dir)) return [];

@@ -1,27 +1,16 @@
 // segment-dataset then evaluate, end to end on a small synthetic VOC-layout dataset with
 // the bundled pipeline: the reference's heatmap layout, resume, and the metrics file.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { main } from '../src/cli.js';
+import { runCli } from './helpers/cli.js';
 import { readPngRaw, writeGreyPng } from '../src/io/image.js';
 
 let root: string;
 
-async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')));
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')));
-  try {
-    return { code: await main(args), out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
+const run = runCli;
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'elbo-ds-'));

@@ -3,7 +3,8 @@
 // causal mask, final LayerNorm, pooled output at the end-of-text token.
 import { join } from 'node:path';
 import { readJsonConfig } from '../io/modelFolder.js';
-import { attention, embedding, layerNorm, linear, add } from '../kernels/index.js';
+import { embedding, layerNorm, linear, add } from '../kernels/index.js';
+import { clipEncoderLayer, loadClipEncoderLayers, loadLayerNorm, type ClipEncoderLayer, type ClipLN } from './clipEncoder.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
 import { WeightLoader, cfg, type WeightSource, isInt, isNum, oneOf, type WeightOptions } from './weights.js';
 import { findWeightFile } from '../io/modelFolder.js';
@@ -39,24 +40,8 @@ export function parseClipTextConfig(raw: Record<string, unknown>, where: string)
   };
 }
 
-interface LN {
-  weight: Tensor;
-  bias: Tensor;
-}
-interface Lin {
-  weight: Tensor;
-  bias?: Tensor;
-}
-interface ClipLayer {
-  ln1: LN;
-  ln2: LN;
-  q: Lin;
-  k: Lin;
-  v: Lin;
-  o: Lin;
-  fc1: Lin;
-  fc2: Lin;
-}
+type LN = ClipLN;
+type ClipLayer = ClipEncoderLayer;
 
 export interface ClipTextOutput {
   /** (B, L, H) after the final LayerNorm. */
@@ -98,28 +83,11 @@ export class ClipTextModel {
   static fromWeights(dev: Device, config: ClipTextConfig, w: WeightSource, prefix: string, projectionName: string): ClipTextModel {
     const H = config.hiddenSize;
     const F = config.intermediateSize;
-    const ln = (p: string): LN => ({ weight: w.load(`${p}.weight`, [H]), bias: w.load(`${p}.bias`, [H]) });
-    const lin = (p: string, out: number, inp: number, bias = true): Lin => ({
-      weight: w.load(`${p}.weight`, [out, inp], 'matrix'),
-      bias: bias ? w.load(`${p}.bias`, [out]) : undefined,
-    });
+    const ln = (p: string): LN => loadLayerNorm(w, p, H);
     // The token table stays f32 unless f16 was asked for (it is gathered, not multiplied).
     const tokenEmb = w.load(`${prefix}embeddings.token_embedding.weight`, [config.vocabSize, H], 'matrix');
     const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [config.maxPositions, H]);
-    const layers: ClipLayer[] = [];
-    for (let i = 0; i < config.numLayers; i++) {
-      const p = `${prefix}encoder.layers.${i}`;
-      layers.push({
-        ln1: ln(`${p}.layer_norm1`),
-        ln2: ln(`${p}.layer_norm2`),
-        q: lin(`${p}.self_attn.q_proj`, H, H),
-        k: lin(`${p}.self_attn.k_proj`, H, H),
-        v: lin(`${p}.self_attn.v_proj`, H, H),
-        o: lin(`${p}.self_attn.out_proj`, H, H),
-        fc1: lin(`${p}.mlp.fc1`, F, H),
-        fc2: lin(`${p}.mlp.fc2`, H, F),
-      });
-    }
+    const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
     const finalLn = ln(`${prefix}final_layer_norm`);
     let projection: Tensor | undefined;
     if (config.projectionDim !== null && w.has(projectionName)) {
@@ -161,15 +129,7 @@ export class ClipTextModel {
       if (opts.attentionMask) keyMask = Tensor.fromArray(this.dev, opts.attentionMask.flat(), [B, L]);
       const act = this.config.hiddenAct;
       for (const layer of this.layers) {
-        const h = layerNorm(x, layer.ln1.weight, layer.ln1.bias, this.config.layerNormEps);
-        const q = linear(h, layer.q.weight, layer.q.bias);
-        const k = linear(h, layer.k.weight, layer.k.bias);
-        const v = linear(h, layer.v.weight, layer.v.bias);
-        const a = attention(q, k, v, numHeads, { causal: true, keyMask });
-        x = linear(a, layer.o.weight, layer.o.bias, { residual: x });
-        const h2 = layerNorm(x, layer.ln2.weight, layer.ln2.bias, this.config.layerNormEps);
-        const m = linear(h2, layer.fc1.weight, layer.fc1.bias, { act });
-        x = linear(m, layer.fc2.weight, layer.fc2.bias, { residual: x });
+        x = clipEncoderLayer(x, layer, numHeads, this.config.layerNormEps, act, { causal: true, keyMask });
         hidden.push(x);
       }
       const last = layerNorm(x, this.finalLn.weight, this.finalLn.bias, this.config.layerNormEps);

@@ -3,7 +3,8 @@
 // unfolded patches), class token, position embeddings, `pre_layrnorm` (sic), pre-LN encoder
 // layers without a mask, `post_layernorm` on the class token, and the bias-free
 // `visual_projection` of CLIPModel.
-import { concat, embedding, layerNorm, linear, add, attention } from '../kernels/index.js';
+import { concat, embedding, layerNorm, linear, add } from '../kernels/index.js';
+import { clipEncoderLayer, loadClipEncoderLayers, loadLayerNorm, type ClipEncoderLayer, type ClipLN } from './clipEncoder.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
 import { cfg, isInt, isNum, oneOf, type WeightSource } from './weights.js';
 
@@ -58,24 +59,8 @@ export function parseClipVisionConfig(raw: Record<string, unknown>, where: strin
   return config;
 }
 
-interface LN {
-  weight: Tensor;
-  bias: Tensor;
-}
-interface Lin {
-  weight: Tensor;
-  bias?: Tensor;
-}
-interface Layer {
-  ln1: LN;
-  ln2: LN;
-  q: Lin;
-  k: Lin;
-  v: Lin;
-  o: Lin;
-  fc1: Lin;
-  fc2: Lin;
-}
+type LN = ClipLN;
+type Layer = ClipEncoderLayer;
 
 export interface ClipVisionOutput {
   /** (B, N, H), N = 1 + (imageSize / patchSize)^2: the last encoder layer's output (no final norm). */
@@ -135,27 +120,13 @@ export class ClipVisionModel {
   static fromWeights(dev: Device, config: ClipVisionConfig, w: WeightSource, prefix = 'vision_model.', projectionName = 'visual_projection.weight'): ClipVisionModel {
     const { hiddenSize: H, intermediateSize: F, numChannels: C, patchSize: p } = config;
     const N = ClipVisionModel.positions(config);
-    const ln = (name: string): LN => ({ weight: w.load(`${name}.weight`, [H]), bias: w.load(`${name}.bias`, [H]) });
-    const lin = (name: string, out: number, inp: number): Lin => ({ weight: w.load(`${name}.weight`, [out, inp], 'matrix'), bias: w.load(`${name}.bias`, [out]) });
+    const ln = (name: string): LN => loadLayerNorm(w, name, H);
     // Stored (H, C, p, p) / (H,); uploaded as the (H, C*p*p) matrix of the unfolded conv and a (1, H) table.
     const patchWeight = w.load(`${prefix}embeddings.patch_embedding.weight`, [H, C * p * p], 'matrix', [[H, C, p, p]]);
     const classEmb = w.load(`${prefix}embeddings.class_embedding`, [1, H], 'vector', [[H]]);
     const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [N, H]);
     const preLn = ln(`${prefix}pre_layrnorm`);
-    const layers: Layer[] = [];
-    for (let i = 0; i < config.numLayers; i++) {
-      const n = `${prefix}encoder.layers.${i}`;
-      layers.push({
-        ln1: ln(`${n}.layer_norm1`),
-        ln2: ln(`${n}.layer_norm2`),
-        q: lin(`${n}.self_attn.q_proj`, H, H),
-        k: lin(`${n}.self_attn.k_proj`, H, H),
-        v: lin(`${n}.self_attn.v_proj`, H, H),
-        o: lin(`${n}.self_attn.out_proj`, H, H),
-        fc1: lin(`${n}.mlp.fc1`, F, H),
-        fc2: lin(`${n}.mlp.fc2`, H, F),
-      });
-    }
+    const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
     const postLn = ln(`${prefix}post_layernorm`);
     let projection: Tensor | undefined;
     if (w.has(projectionName)) projection = w.load(projectionName, [config.projectionDim, H], 'matrix');
@@ -196,15 +167,7 @@ export class ClipVisionModel {
       let x = layerNorm(emb, this.preLn.weight, this.preLn.bias, eps);
       const hidden: Tensor[] = [x];
       for (const l of this.layers) {
-        const h = layerNorm(x, l.ln1.weight, l.ln1.bias, eps);
-        const q = linear(h, l.q.weight, l.q.bias);
-        const k = linear(h, l.k.weight, l.k.bias);
-        const v = linear(h, l.v.weight, l.v.bias);
-        const a = attention(q, k, v, numHeads);
-        x = linear(a, l.o.weight, l.o.bias, { residual: x });
-        const h2 = layerNorm(x, l.ln2.weight, l.ln2.bias, eps);
-        const m = linear(h2, l.fc1.weight, l.fc1.bias, { act });
-        x = linear(m, l.fc2.weight, l.fc2.bias, { residual: x });
+        x = clipEncoderLayer(x, l, numHeads, eps, act);
         hidden.push(x);
       }
       const clsOut = embedding(x.reshape([B * N, H]), Array.from({ length: B }, (_, b) => b * N)); // (B, H)
