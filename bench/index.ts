@@ -4,7 +4,8 @@
 //   text                        the CLIP-L text encoder
 //   vae                         the VAE encoder at 512x512
 //   segment                     one whole segmentation of a 512x512 image, two classes
-// options: --dtype f32|f16  --batch N  --runs N  --json  --profile
+// options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --no-warmup (one timed run
+//          that includes pipeline compiles: for the full-size SDXL UNet on a CPU adapter)
 import { parseArgs } from 'node:util';
 import { Device } from '../src/tensor/index.js';
 import type { KernelMeasurement } from './common.js';
@@ -20,6 +21,7 @@ async function main(): Promise<void> {
       json: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       config: { type: 'string', default: 'sd15' },
+      'no-warmup': { type: 'boolean', default: false },
     },
   });
   const what = positionals[0] ?? 'kernels';
@@ -40,6 +42,7 @@ async function main(): Promise<void> {
       runs: Number(values.runs ?? (what === 'text' ? 5 : 2)),
       config: values.config === 'sdxl' ? 'sdxl' : 'sd15',
       profile: values.profile!,
+      warmup: !values['no-warmup'],
     };
     let m: ModelMeasurement;
     if (what === 'unet') m = await benchUnet(dev, o);

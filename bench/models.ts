@@ -126,6 +126,8 @@ export interface ModelBenchOptions {
   runs: number;
   config: 'sd15' | 'sdxl';
   profile: boolean;
+  /** Run one untimed forward first (pipeline compiles); off for very long single runs. */
+  warmup: boolean;
 }
 
 export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
@@ -149,8 +151,10 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
       unet.forward({ sample, timesteps: [500], encoderHiddenStates: ctx, ...extra });
     });
   };
-  run(); // warm-up: pipeline compiles
-  await dev.sync();
+  if (o.warmup) {
+    run(); // warm-up: pipeline compiles
+    await dev.sync();
+  }
   dev.resetPeak();
   if (o.profile && dev.features.timestamp) {
     dev.startProfile();
