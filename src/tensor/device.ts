@@ -192,7 +192,9 @@ export class Device {
     const device = new Device(gpu, adapter);
     // dawn.node busy-polls the JS thread while a promise is pending, taking a core from
     // lavapipe's workers (PLATFORM.md): lower this thread's priority once the workers exist.
-    if (device.kind === 'cpu') {
+    // Not under the test runner: its worker must keep answering the runner's RPC (60 s
+    // timeout) while lavapipe's threads are busy, and tests never time anything.
+    if (device.kind === 'cpu' && !process.env.VITEST) {
       try {
         os.setPriority(19);
       } catch {
