@@ -1,42 +1,10 @@
 // Attention and normalisation timings at SD 1.5 shapes, the naive variant beside each.
 // `npm run bench -- kernels` prints these; `tsx bench/kernels-attention.ts [--json]
 // [--quick] [filter]` runs them alone (--quick skips the naive variant).
-import { readFileSync, readdirSync } from 'node:fs';
 import { Tensor, type Device } from '../src/tensor/index.js';
 import { attention } from '../src/kernels/attention.js';
 import { groupNorm, layerNorm } from '../src/kernels/norm.js';
-import { kernelMeasurement, printKernel, timeGpu, type KernelMeasurement } from './common.js';
-
-function rand(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 4294967296 - 0.5) * 2 * scale;
-  }
-  return out;
-}
-
-/**
- * CPU seconds spent by this process's threads other than the JS main thread (lavapipe's
- * workers), or undefined off Linux. On a machine shared with other jobs, work per worker
- * CPU second x 2 cores estimates what the kernel does on the idle 2-core machine (as
- * bench/kernels-matmul.ts prints).
- */
-function workerCpuSeconds(): number | undefined {
-  try {
-    let s = 0;
-    for (const tid of readdirSync('/proc/self/task')) {
-      if (tid === String(process.pid)) continue;
-      const st = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-      s += (Number(f[11]) + Number(f[12])) / 100;
-    }
-    return s;
-  } catch {
-    return undefined;
-  }
-}
+import { kernelMeasurement, printKernel, rand, timeGpu, workerCpuSeconds, type KernelMeasurement } from './common.js';
 
 export async function benchAttentionNorm(dev: Device, json: boolean, opts: { filter?: string; skipNaive?: boolean } = {}): Promise<KernelMeasurement[]> {
   const results: KernelMeasurement[] = [];

@@ -1,41 +1,10 @@
 // Matmul and conv2d throughput per variant on the shapes Stable Diffusion's UNet spends
 // its time in. `npm run bench -- kernels` prints these; `tsx bench/kernels-matmul.ts
 // [--json] [--quick] [filter]` runs them alone.
-import { readFileSync, readdirSync } from 'node:fs';
 import { Tensor, type Device } from '../src/tensor/index.js';
 import { matmul } from '../src/kernels/matmul.js';
 import { conv2d } from '../src/kernels/conv.js';
-import { kernelMeasurement, printKernel, timeGpu, type KernelMeasurement } from './common.js';
-
-function rand(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 4294967296 - 0.5) * 2 * scale;
-  }
-  return out;
-}
-
-/**
- * CPU seconds spent by this process's threads other than the JS main thread (lavapipe's
- * workers), or undefined off Linux. On a machine shared with other jobs, flops per worker
- * CPU second x 2 cores estimates what the kernel does on the idle 2-core machine.
- */
-function workerCpuSeconds(): number | undefined {
-  try {
-    let s = 0;
-    for (const tid of readdirSync('/proc/self/task')) {
-      if (tid === String(process.pid)) continue;
-      const st = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const f = st.slice(st.indexOf(')') + 2).split(' ');
-      s += (Number(f[11]) + Number(f[12])) / 100;
-    }
-    return s;
-  } catch {
-    return undefined;
-  }
-}
+import { kernelMeasurement, printKernel, rand, timeGpu, workerCpuSeconds, type KernelMeasurement } from './common.js';
 
 async function measure(dev: Device, json: boolean, op: string, shape: string, dtype: string, variant: string, flops: number, run: () => void): Promise<KernelMeasurement> {
   const runs = variant === 'naive' ? 1 : 5;
