@@ -6,8 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -d node_modules/webgpu ] || npm ci --no-audit --no-fund
 export MESA_SHADER_CACHE_DIR="${MESA_SHADER_CACHE_DIR:-$PWD/.cache/mesa}"
-run() { echo "== npm run bench -- $*"; timeout 240 npx tsx bench/index.ts "$@" || echo "(failed or timed out: $*)"; }
-npx tsx src/cli.ts doctor
+run() { echo "== npm run bench -- $*"; timeout "${BENCH_TIMEOUT:-240}" node_modules/.bin/tsx bench/index.ts "$@" || echo "(failed or timed out: $*)"; }
+node_modules/.bin/tsx src/cli.ts doctor
 run kernels --json
 run unet --json --runs 3
 run unet --json --runs 3 --dtype f16

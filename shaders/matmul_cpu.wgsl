@@ -109,11 +109,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
     }
 //#elif B_TH8 && SG_B
-    var mine: array<vec4<u32>, CPL>;
-    for (var j = 0u; j < CPL; j++) { mine[j] = b[(myc[j] + k) >> 3u]; }
+    // Each lane unpacks its own columns once, then broadcasts f32s: unpacking after the
+    // broadcast would convert every column in every lane.
+    var mine: array<array<f32, 8>, CPL>;
+    for (var j = 0u; j < CPL; j++) { mine[j] = unpack8(b[(myc[j] + k) >> 3u]); }
     for (var c = 0u; c < TN; c++) {
-      let h = unpack8(subgroupBroadcast(mine[c % CPL], c / CPL));
-      for (var kk = 0u; kk < 8u; kk++) { bv[kk][c / 4u][c % 4u] = h[kk]; }
+      for (var kk = 0u; kk < 8u; kk++) { bv[kk][c / 4u][c % 4u] = subgroupBroadcast(mine[c % CPL][kk], c / CPL); }
     }
 //#elif B_T4
     for (var c = 0u; c < TN; c++) {

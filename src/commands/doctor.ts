@@ -1,5 +1,5 @@
 // `elbo-t2ialign doctor`: what WebGPU adapter we run on and which kernel variants it gets.
-import { Device } from '../tensor/index.js';
+import { Device, dawnFlags } from '../tensor/index.js';
 import { variants } from '../kernels/index.js';
 
 export async function runDoctor(args: string[]): Promise<number> {
@@ -26,6 +26,7 @@ export async function runDoctor(args: string[]): Promise<number> {
   const a = dev.adapter;
   const kindText = dev.kind === 'cpu' ? 'cpu (lavapipe-shaped kernels: workgroup 8, register blocks, no shared memory)' : 'gpu (shared-memory tiled kernels, large workgroups)';
   console.log(`adapter:   ${a.description || a.device || '(no description)'} [vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}]${a.isFallback ? ' (CPU / fallback adapter)' : ''}`);
+  console.log(`dawn:      ${dawnFlags().join(' ') || '(default toggles)'}${process.env.ELBO_ROBUST === '1' ? ' (ELBO_ROBUST=1: bounds clamps kept)' : ''}`);
   console.log(`kernels:   ${kindText}${process.env.ELBO_KERNELS ? ` (forced by ELBO_KERNELS=${process.env.ELBO_KERNELS})` : ''}`);
   console.log(`features:  shader-f16 ${dev.features.f16 ? 'yes' : 'no'}, subgroups ${dev.features.subgroups ? 'yes' : 'no'}, timestamp-query ${dev.features.timestamp ? 'yes' : 'no'}`);
   console.log('limits:');
