@@ -1,7 +1,8 @@
 // 2-D convolution, NCHW, with the matmul epilogue (bias, activation, residual) fused.
 // Variants: 'naive' (shaders/conv_naive.wgsl, one output per invocation); 'cpu' (lavapipe:
 // 1x1 convs through the register-blocked matmul, other kernels as a direct convolution,
-// shaders/conv_cpu.wgsl, over weights re-laid out once as (ci, ky, kx, co)); 'gpu'
+// shaders/conv_cpu.wgsl, over weights re-laid out once as (ci, ky, kx, co): at model load
+// with prepareConvWeight, or else cached on first use); 'gpu'
 // (implicit GEMM with shared-memory tiles, shaders/conv_gpu.wgsl).
 //
 // Inputs, weights or outputs larger than one storage binding are split into chunks of
@@ -44,10 +45,15 @@ function parseBlock(s: string | undefined): { PW: number; CV: number } | undefin
 }
 
 // ------------------------------------------------------------------ weight re-layout
-// One (ci, ky, kx, co) copy per weight tensor, made on first use and released at the next
-// direct conv after the weight itself is released (deterministically, not by the garbage
-// collector: memory accounting must not move by itself). It doubles 3x3 conv weight memory.
+// The direct conv reads weights as (ci, ky, kx, co). Two ways to get them:
+// - prepareConvWeight(w) at model load: a new tensor of shape (Ci, kh, kw, Co) in that
+//   layout, recognised by conv2d (the `prepared` set); the caller releases the original, so
+//   3x3 conv weight memory is not doubled.
+// - otherwise a cached copy per weight tensor, made on first use and released at the next
+//   direct conv after the weight itself is released (deterministically, not by the garbage
+//   collector: memory accounting must not move by itself). It doubles 3x3 conv weight memory.
 const relaid = new Map<Tensor, Tensor>();
+const prepared = new WeakSet<Tensor>();
 
 /** Releases the re-laid copies of weights that were released (also done by every direct conv). */
 export function trimConvWeightCache(): void {
@@ -59,6 +65,30 @@ export function trimConvWeightCache(): void {
   }
 }
 
+/**
+ * Gathers `src` seen as (A, Bd, T) into a new (B, T, A)-ordered tensor of shape `shape`
+ * (shaders/conv_relayout.wgsl). (Co, Ci, kh*kw) -> (Ci, kh*kw, Co) is the forward re-layout;
+ * with T = 1 it is a transpose, which undoes it.
+ */
+function relayout(src: Tensor, shape: readonly number[], A: number, Bd: number, T: number, label: string, what: string): Tensor {
+  const dev = src.device;
+  const t = Tensor.empty(dev, shape, src.dtype, label);
+  const f16 = src.dtype === 'f16';
+  const pipeline = dev.pipeline(`conv_relayout:${src.dtype}`, () => buildShader('conv_relayout', { F16: f16 }, { ELEM: f16 ? 'u32' : 'f32' }));
+  const n = src.numel;
+  const groups = Math.ceil((f16 ? Math.ceil(n / 2) : n) / 64);
+  const [gx, gy] = grid1d(groups, dev.limits.maxComputeWorkgroupsPerDimension);
+  dev.dispatch({
+    label: `conv2d ${what} ${src.describe()}`,
+    family: 'conv2d',
+    pipeline,
+    uniforms: uniforms([['u', A], ['u', Bd], ['u', T], ['u', n], ['u', gx]]),
+    bindings: [src.binding(), t.binding()],
+    workgroups: [gx, gy],
+  });
+  return t;
+}
+
 function relaidWeights(w: Tensor): Tensor {
   trimConvWeightCache();
   let t = relaid.get(w);
@@ -68,22 +98,53 @@ function relaidWeights(w: Tensor): Tensor {
   if (w.byteSize > dev.limits.maxStorageBufferBindingSize) {
     throw new GpuError(`conv2d: weight ${w.describe()} is larger than one storage binding (${dev.limits.maxStorageBufferBindingSize} bytes); use variant 'naive' or 'gpu'`);
   }
-  t = keep(Tensor.empty(dev, [Ci, kh, kw, Co], w.dtype, 'conv weight (ci,ky,kx,co)'));
-  const f16 = w.dtype === 'f16';
-  const pipeline = dev.pipeline(`conv_relayout:${w.dtype}`, () => buildShader('conv_relayout', { F16: f16 }, { ELEM: f16 ? 'u32' : 'f32' }));
-  const n = w.numel;
-  const groups = Math.ceil((f16 ? Math.ceil(n / 2) : n) / 64);
-  const [gx, gy] = grid1d(groups, dev.limits.maxComputeWorkgroupsPerDimension);
-  dev.dispatch({
-    label: `conv2d relayout ${w.describe()}`,
-    family: 'conv2d',
-    pipeline,
-    uniforms: uniforms([['u', Co], ['u', Ci], ['u', kh * kw], ['u', n], ['u', gx]]),
-    bindings: [w.binding(), t.binding()],
-    workgroups: [gx, gy],
-  });
+  t = keep(relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout'));
   relaid.set(w, t);
   return t;
+}
+
+/** Whether `w` came from prepareConvWeight (stored (Ci, kh, kw, Co) in (ci, ky, kx, co) layout). */
+export function isPreparedConvWeight(w: Tensor): boolean {
+  return prepared.has(w);
+}
+
+/** The (Co, Ci, kh, kw) shape that conv weight `w` stands for, prepared or not. */
+export function convWeightShape(w: Tensor): readonly number[] {
+  if (!prepared.has(w)) return w.shape;
+  const [Ci, kh, kw, Co] = w.shape as [number, number, number, number];
+  return [Co, Ci, kh, kw];
+}
+
+/**
+ * Converts conv weight `w` (Co, Ci, kh, kw) once, at model load, to the layout conv2d's
+ * direct kernel reads: where `dev.kind` is 'cpu' and kh*kw > 1 and `w` fits one storage
+ * binding, returns a NEW tensor (kept out of scopes, like loaded weights) of shape
+ * (Ci, kh, kw, Co) holding the same values as (ci, ky, kx, co); conv2d recognises it and
+ * uses it directly. The caller then releases `w` (its data is copied by work already
+ * recorded). Otherwise (gpu kind, 1x1 kernels, too large, already prepared) returns `w`
+ * itself. A prepared weight still works with the 'naive' and 'gpu' variants, through a
+ * temporary converted back per call.
+ */
+export function prepareConvWeight(w: Tensor): Tensor {
+  const dev = w.device;
+  if (prepared.has(w) || dev.kind !== 'cpu' || w.rank !== 4) return w;
+  const [Co, Ci, kh, kw] = w.shape as [number, number, number, number];
+  if (kh * kw <= 1 || w.numel === 0 || w.byteSize > dev.limits.maxStorageBufferBindingSize) return w;
+  trimConvWeightCache();
+  let t = relaid.get(w);
+  if (t && !t.released) {
+    relaid.delete(w); // already converted on an earlier call: adopt that copy
+  } else {
+    t = keep(relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout'));
+  }
+  prepared.add(t);
+  return t;
+}
+
+/** A prepared weight back in (Co, Ci, kh, kw) layout, as a temporary for the non-direct variants. */
+function unprepared(w: Tensor): Tensor {
+  const [Ci, kh, kw, Co] = w.shape as [number, number, number, number];
+  return relayout(w, [Co, Ci, kh, kw], Ci * kh * kw, Co, 1, 'conv weight (co,ci,ky,kx)', 'un-relayout');
 }
 
 // ------------------------------------------------------------------ public op
@@ -91,15 +152,20 @@ function relaidWeights(w: Tensor): Tensor {
  * x (B, Ci, H, W) conv w (Co, Ci, kh, kw) -> (B, Co, Ho, Wo) f32 with
  * Ho = floor((H + padTop + padBottom - kh) / stride) + 1 (likewise Wo);
  * out = act(conv + bias) + residual. w may be f16; accumulation is f32.
+ * w may come from prepareConvWeight (then it stands for its (Co, Ci, kh, kw) shape).
  */
 export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const op = 'conv2d';
   const dev = x.device;
   if (x.dtype !== 'f32') throw new GpuError(`${op}: x must be f32, got ${x.dtype} (weights may be f16)`);
-  if (x.rank !== 4 || w.rank !== 4) throw new GpuError(`${op}: expected x (B, Ci, H, W) and w (Co, Ci, kh, kw), got x ${shapeStr(x.shape)} and w ${shapeStr(w.shape)}`);
+  // A prepared weight is stored (Ci, kh, kw, Co); checks and messages use its (Co, Ci, kh, kw) shape.
+  const isPrep = prepared.has(w);
+  const wShape = convWeightShape(w);
+  const wStr = isPrep ? `${shapeStr(wShape)} (prepared, stored as ${shapeStr(w.shape)})` : shapeStr(w.shape);
+  if (x.rank !== 4 || w.rank !== 4) throw new GpuError(`${op}: expected x (B, Ci, H, W) and w (Co, Ci, kh, kw), got x ${shapeStr(x.shape)} and w ${wStr}`);
   const [B, Ci, H, W] = x.shape as [number, number, number, number];
-  const [Co, wCi, kh, kw] = w.shape as [number, number, number, number];
-  if (wCi !== Ci) throw new GpuError(`${op}: input channels differ: x ${shapeStr(x.shape)} vs w ${shapeStr(w.shape)}`);
+  const [Co, wCi, kh, kw] = wShape as [number, number, number, number];
+  if (wCi !== Ci) throw new GpuError(`${op}: input channels differ: x ${shapeStr(x.shape)} vs w ${wStr}`);
   const stride = opts.stride ?? 1;
   const padding = opts.padding ?? 0;
   const [pt, pb, pl, pr] = typeof padding === 'number' ? [padding, padding, padding, padding] : padding;
@@ -110,7 +176,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const Wo = Math.floor((W + pl + pr - kw) / stride) + 1;
   if (Ho < 1 || Wo < 1) throw new GpuError(`${op}: kernel ${kh}x${kw} does not fit x ${shapeStr(x.shape)} with padding ${JSON.stringify(padding)}`);
   const outShape = [B, Co, Ho, Wo];
-  if (opts.bias && opts.bias.numel !== Co) throw new GpuError(`${op}: bias ${shapeStr(opts.bias.shape)} does not match w ${shapeStr(w.shape)}`);
+  if (opts.bias && opts.bias.numel !== Co) throw new GpuError(`${op}: bias ${shapeStr(opts.bias.shape)} does not match w ${wStr}`);
   if (opts.residual) {
     const r = opts.residual;
     if (r.dtype !== 'f32') throw new GpuError(`${op}: residual must be f32, got ${r.dtype}`);
@@ -120,7 +186,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   }
   const variant = opts.variant ?? dev.kind;
   const out = Tensor.empty(dev, outShape, 'f32', 'conv2d out');
-  const label = `${op} ${shapeStr(x.shape)}*${shapeStr(w.shape)}${stride > 1 ? ` s${stride}` : ''}${pt + pb + pl + pr ? ` p${pt},${pb},${pl},${pr}` : ''}`;
+  const label = `${op} ${shapeStr(x.shape)}*${shapeStr(wShape)}${stride > 1 ? ` s${stride}` : ''}${pt + pb + pl + pr ? ` p${pt},${pb},${pl},${pr}` : ''}`;
   const act = opts.act ?? 'none';
   if (B === 0 || Co === 0) return out;
   if (Ci === 0) throw new GpuError(`${op}: x ${shapeStr(x.shape)} has no input channels`);
@@ -149,10 +215,29 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   }
 
   const direct = variant === 'cpu';
-  const wt = direct ? relaidWeights(w) : w;
+  // Prepared weights feed the direct conv as they are; the other variants read a temporary
+  // converted back to (co, ci, ky, kx), released once its dispatches are recorded.
+  const temp = isPrep && !direct ? unprepared(w) : undefined;
+  const wt = temp ?? (direct && !isPrep ? relaidWeights(w) : w);
+  try {
+    convChunks(dev, { x, wt, out, opts, variant, direct, label, act, B, Ci, H, W, Co, Ho, Wo, kh, kw, stride, pt, pl });
+  } finally {
+    temp?.release();
+  }
+  return out;
+}
+
+function convChunks(
+  dev: Device,
+  g: {
+    x: Tensor; wt: Tensor; out: Tensor; opts: Conv2dOptions; variant: ConvVariant; direct: boolean; label: string; act: Act;
+    B: number; Ci: number; H: number; W: number; Co: number; Ho: number; Wo: number; kh: number; kw: number; stride: number; pt: number; pl: number;
+  },
+): void {
+  const { x, wt, out, opts, variant, direct, label, act, B, Ci, H, W, Co, Ho, Wo, kh, kw, stride, pt, pl } = g;
   const taps = kh * kw;
   const HWo = Ho * Wo;
-  const f16 = w.dtype === 'f16';
+  const f16 = wt.dtype === 'f16';
   const biasF16 = opts.bias?.dtype === 'f16';
   const dm = dummy(dev).binding();
   for (const ch of planConv(dev, { B, Ci, H, W, Co, HWo, taps }, x, wt, out, opts.residual, direct)) {
@@ -217,7 +302,6 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
       workgroups,
     });
   }
-  return out;
 }
 
 interface ConvChunk {

@@ -3,7 +3,7 @@
 // weights keep their checkpoint names, so loading is a walk over module paths.
 import { join } from 'node:path';
 import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
-import { add, attention, concat, conv2d, geglu, groupNorm, layerNorm, linear, permute, unary, upsampleNearest2x } from '../kernels/index.js';
+import { add, attention, concat, conv2d, geglu, groupNorm, layerNorm, linear, permute, prepareConvWeight, unary, upsampleNearest2x } from '../kernels/index.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
 import type { AttentionStore } from './attentionStore.js';
 import { WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
@@ -244,10 +244,14 @@ export class UNet2DConditionModel {
       weight: w.load(`${p}.weight`, [out, inp], 'matrix'),
       bias: bias ? w.load(`${p}.bias`, [out]) : undefined,
     });
-    const conv = (p: string, out: number, inp: number, k: number): Conv => ({
-      weight: w.load(`${p}.weight`, [out, inp, k, k], 'matrix'),
-      bias: w.load(`${p}.bias`, [out]),
-    });
+    // 3x3 weights are converted to the direct conv's layout as they load and the original
+    // freed at once (conv2d would otherwise keep a second, re-laid copy of each).
+    const conv = (p: string, out: number, inp: number, k: number): Conv => {
+      const raw = w.load(`${p}.weight`, [out, inp, k, k], 'matrix');
+      const weight = prepareConvWeight(raw);
+      if (weight !== raw) raw.release();
+      return { weight, bias: w.load(`${p}.bias`, [out]) };
+    };
     const resnet = (p: string, inp: number, out: number): Resnet => ({
       norm1: norm(`${p}.norm1`, inp),
       conv1: conv(`${p}.conv1`, out, inp, 3),

@@ -17,9 +17,11 @@ import {
   affine,
   attention,
   conv2d,
+  convWeightShape,
   groupNorm,
   linear,
   mulScalar,
+  prepareConvWeight,
   slice,
   transpose,
   upsampleNearest2x,
@@ -92,21 +94,29 @@ export function parseVaeConfig(c: Record<string, unknown>, where: string): VaeCo
 interface Weights {
   load(name: string, shape: readonly number[], kind?: 'matrix' | 'vector', acceptShapes?: readonly (readonly number[])[]): Tensor;
   pick(...names: string[]): string;
-  /** Records a tensor derived from loaded weights (a reshaped view) for release. */
+  /** Records a tensor derived from loaded weights (a reshaped view, a prepared conv weight) for release. */
   own(t: Tensor): Tensor;
 }
 
 class Conv {
   constructor(
-    readonly weight: Tensor, // (Co, Ci, k, k), f32 or f16
+    readonly weight: Tensor, // (Co, Ci, k, k), f32 or f16; or prepared (prepareConvWeight)
     readonly bias: Tensor, // (Co)
   ) {}
   static load(w: Weights, p: string, co: number, ci: number, k: number): Conv {
-    return new Conv(w.load(`${p}.weight`, [co, ci, k, k], 'matrix'), w.load(`${p}.bias`, [co]));
+    // Converted to the direct conv's layout at load (prepareConvWeight), the original freed
+    // at once: conv2d would otherwise keep a second, re-laid copy of every 3x3 weight.
+    const raw = w.load(`${p}.weight`, [co, ci, k, k], 'matrix');
+    const weight = prepareConvWeight(raw);
+    if (weight !== raw) {
+      w.own(weight);
+      raw.release();
+    }
+    return new Conv(weight, w.load(`${p}.bias`, [co]));
   }
   /** (B, Ci, H, W) -> (B, Co, H', W'); `residual` is added after the bias. */
   forward(x: Tensor, opts: { stride?: number; padding?: number | readonly [number, number, number, number]; residual?: Tensor } = {}): Tensor {
-    return conv2d(x, this.weight, { bias: this.bias, stride: opts.stride, padding: opts.padding ?? (this.weight.shape[2]! >> 1), residual: opts.residual });
+    return conv2d(x, this.weight, { bias: this.bias, stride: opts.stride, padding: opts.padding ?? (convWeightShape(this.weight)[2]! >> 1), residual: opts.residual });
   }
 }
 
