@@ -100,12 +100,14 @@ describe('groupNorm', () => {
     });
   }
 
+  // Above lavapipe's 128 MiB binding limit, so there it goes through windows; adapters with
+  // larger bindings (an H100 allows 2 GiB) run it whole, and the result must agree either way.
   it('handles a 256 MiB tensor (1, 256, 512, 512) under the real binding limit', async () => {
     const dev = await getDevice();
     const [C, HW, G] = [256, 512, 32];
     const S = HW * HW;
     const n = C * S;
-    expect(n * 4).toBeGreaterThan(dev.limits.maxStorageBufferBindingSize);
+    if (dev.kind === 'cpu') expect(n * 4).toBeGreaterThan(dev.limits.maxStorageBufferBindingSize);
     const xa = randn(n, 77, 2);
     const ga = randn(C, 78);
     const ba = randn(C, 79);

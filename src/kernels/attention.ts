@@ -310,10 +310,14 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const wg = grid1d(Math.ceil((B * H * Nq) / 64));
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], 0), bindings, workgroups: wg });
     } else if (variant === 'cpu') {
-      const { R, JB } = attentionTuning.cpuFwd;
+      const { JB } = attentionTuning.cpuFwd;
       const vec = d % 4 === 0;
       const sg = attentionTuning.subgroups && subgroupsOf8(dev) && JB % 8 === 0;
       const dm = dmax4(d);
+      // NVIDIA's compiler refuses the 16 KiB of private rows of R = 8 at d = 512 ("failed to
+      // validate local memory"; 5 KiB at d <= 160 compiles): on GPU adapters, where this
+      // variant only runs when asked for, keep R x dmax within 320 vec4.
+      const R = dev.kind === 'cpu' ? attentionTuning.cpuFwd.R : Math.max(1, Math.min(attentionTuning.cpuFwd.R, Math.floor(320 / dm)));
       const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''} dmax${dm}`, () => cpuShader('attention_cpu', R, JB, vec, sg, dm));
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
