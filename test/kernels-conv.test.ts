@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { conv2d, convVariants as variants } from '../src/kernels/conv.js';
+import { conv2d, convVariants as variants, prepareConvWeight } from '../src/kernels/conv.js';
+import { setWinogradMinTiles } from '../src/kernels/winograd.js';
 import { setMaxBindingBytes, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 
@@ -70,7 +71,10 @@ async function check(variant: MatmulVariant, c: Case, seed = 1): Promise<number>
 }
 
 describe('conv2d', () => {
-  afterEach(() => setMaxBindingBytes(undefined));
+  afterEach(() => {
+    setMaxBindingBytes(undefined);
+    setWinogradMinTiles(undefined);
+  });
 
   it('variants agree with the CPU reference on odd shapes', async () => {
     dev = await getDevice();
@@ -150,6 +154,45 @@ describe('conv2d', () => {
       w.release();
     }
     x.release();
+  });
+
+  // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 256 output tiles by
+  // Winograd F(2x2, 3x3) (src/kernels/winograd.ts); here from one tile on, so odd shapes
+  // reach it: edge tiles, batches, channels that are multiples of 4, fused epilogues.
+  it('cpu: the Winograd F(2x2, 3x3) path agrees with the CPU reference', async () => {
+    dev = await getDevice();
+    if (dev.kind !== 'cpu') return; // the path is lavapipe's ('cpu' adapters) only
+    setWinogradMinTiles(1);
+    const wino = (c: Case): Promise<number> => check('cpu', { k: 3, pad: 1, ...c });
+    // weight, input, batched matmul, output: at least four dispatches, not the direct kernel's one
+    expect(await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' })).toBeGreaterThanOrEqual(4);
+    await wino({ B: 1, Ci: 4, Co: 4, H: 1, W: 1, k: 3 });
+    await wino({ B: 1, Ci: 16, Co: 32, H: 17, W: 5, k: 3, bias: true });
+    await wino({ B: 3, Ci: 12, Co: 8, H: 6, W: 7, k: 3, residual: true });
+    await wino({ B: 1, Ci: 320, Co: 8, H: 8, W: 8, k: 3, bias: true });
+    if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
+    // not taken (the direct kernel: its weight re-layout and the conv): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
+    expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);
+    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, act: 'quick_gelu' })).toBeLessThanOrEqual(2);
+    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, stride: 2 })).toBeLessThanOrEqual(2);
+    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
+  });
+
+  it('cpu: Winograd with a prepared (ci, ky, kx, co) weight equals the plain weight', async () => {
+    dev = await getDevice();
+    if (dev.kind !== 'cpu') return;
+    setWinogradMinTiles(1);
+    for (const dtype of dev.hasF16 ? (['f32', 'f16'] as const) : (['f32'] as const)) {
+      const x = Tensor.fromArray(dev, randn(2 * 12 * 7 * 9, 11), [2, 12, 7, 9]);
+      const w = Tensor.fromArray(dev, randn(16 * 12 * 9, 12, 0.3), [16, 12, 3, 3], dtype);
+      const bias = Tensor.fromArray(dev, randn(16, 13), [16]);
+      const plain = await conv2d(x, w, { padding: 1, bias, variant: 'cpu' }).toArray();
+      const wp = prepareConvWeight(w);
+      expect(wp).not.toBe(w);
+      const prep = await conv2d(x, wp, { padding: 1, bias, variant: 'cpu' }).toArray();
+      expect(prep).toEqual(plain);
+      for (const t of [x, w, wp, bias]) t.release();
+    }
   });
 
   it('names both shapes on a mismatch', async () => {

@@ -10,6 +10,7 @@
 // into the output (the epilogue's ACCUM flag), the activation and residual come with the
 // last one.
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
+import { conv3x3Winograd, winogradApplies } from './winograd.js';
 import {
   ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
   type Act, type MatmulVariant,
@@ -214,6 +215,12 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
+  if (variant === 'cpu' && winogradApplies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
+    // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
+    const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
+    conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label });
+    return out;
+  }
   const direct = variant === 'cpu';
   // Prepared weights feed the direct conv as they are; the other variants read a temporary
   // converted back to (co, ci, ky, kx), released once its dispatches are recorded.

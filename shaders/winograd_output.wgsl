@@ -1,0 +1,69 @@
+// Winograd F(2x2, 3x3), output side: Y = A^T M A for every tile and four output channels,
+// from the batched matmul's 16 matrices M[e] (tiles, Co); then bias, activation (none or
+// SiLU) and residual, stored into the (B, Co, Ho, Wo) output (edge tiles clipped).
+struct P { B: u32, Co: u32, Ho: u32, Wo: u32, tx: u32, t0: u32, nt: u32, nx: u32, flags: u32, act: u32, oOff: u32, rOff: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> m: array<vec4<f32>>;
+//#if BIAS_F16
+@group(0) @binding(2) var<storage, read> bias: array<u32>;
+fn ldBias(i: u32) -> f32 { return unpack2x16float(bias[i >> 1u])[i & 1u]; }
+//#else
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+fn ldBias(i: u32) -> f32 { return bias[i]; }
+//#endif
+@group(0) @binding(3) var<storage, read> res: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const HAS_BIAS = 1u;
+const HAS_RES = 8u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x + gid.y * p.nx * 64u;
+  let c4n = p.Co / 4u;
+  if (i >= p.nt * c4n) { return; }
+  let c4 = i % c4n;
+  let tl = i / c4n;
+  let t = p.t0 + tl;
+  let tpi = p.tx * ((p.Ho + 1u) / 2u);
+  let b = t / tpi;
+  let ty = (t % tpi) / p.tx;
+  let tx = t % p.tx;
+  let plane = p.nt * c4n;
+  let o = tl * c4n + c4;
+  var q: array<vec4<f32>, 16>;
+  for (var e = 0u; e < 16u; e++) { q[e] = m[e * plane + o]; }
+  // s = A^T q (2x4), A^T = [[1,1,1,0],[0,1,-1,-1]]
+  var s: array<vec4<f32>, 8>;
+  for (var c = 0u; c < 4u; c++) {
+    s[c] = q[c] + q[4u + c] + q[8u + c];
+    s[4u + c] = q[4u + c] - q[8u + c] - q[12u + c];
+  }
+  var y: array<vec4<f32>, 4>;
+  for (var r = 0u; r < 2u; r++) {
+    y[2u * r] = s[4u * r] + s[4u * r + 1u] + s[4u * r + 2u];
+    y[2u * r + 1u] = s[4u * r + 1u] - s[4u * r + 2u] - s[4u * r + 3u];
+  }
+  var bv = vec4<f32>(0.0);
+  if ((p.flags & HAS_BIAS) != 0u) {
+    let co = 4u * c4;
+    bv = vec4<f32>(ldBias(co), ldBias(co + 1u), ldBias(co + 2u), ldBias(co + 3u));
+  }
+  let hw = p.Ho * p.Wo;
+  for (var r = 0u; r < 2u; r++) {
+    let oy = 2u * ty + r;
+    for (var c = 0u; c < 2u; c++) {
+      let ox = 2u * tx + c;
+      if (oy < p.Ho && ox < p.Wo) {
+        var val = y[2u * r + c] + bv;
+        if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
+        let base = (b * p.Co + 4u * c4) * hw + oy * p.Wo + ox;
+        for (var k = 0u; k < 4u; k++) {
+          var z = val[k];
+          if ((p.flags & HAS_RES) != 0u) { z += res[p.rOff + base + k * hw]; }
+          out[p.oOff + base + k * hw] = z;
+        }
+      }
+    }
+  }
+}
