@@ -156,7 +156,7 @@ describe('conv2d', () => {
     x.release();
   });
 
-  // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 256 output tiles by
+  // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 16 output tiles (8x8) by
   // Winograd F(2x2, 3x3) (src/kernels/winograd.ts); here from one tile on, so odd shapes
   // reach it: edge tiles, batches, channels that are multiples of 4, fused epilogues.
   it('cpu: the Winograd F(2x2, 3x3) path agrees with the CPU reference', async () => {
