@@ -1,6 +1,12 @@
 // Shared by every matmul / conv kernel: the parameter block, the storage bindings and the
 // fused epilogue out = act(alpha * acc + bias [+ out]) + residual.
 //
+// GLU (define, matmul only): b's columns hold (value, gate) pairs [v0, g0, v1, g1, ...]
+// and column pair (n, n + 1), n even, writes out column n / 2 =
+// (alpha * acc[n] + bias[n]) * act(alpha * acc[n + 1] + bias[n + 1]) + residual
+// (act is the gate's activation: gelu for GEGLU). Every GLU dispatch is a FINAL one
+// without ACCUM (matmul.ts sends a K split through a scratch buffer and matmul_glu.wgsl).
+//
 // Element (m, k) of a lives at aOff + batch * aBs + m * aRs + k * aCs (likewise b with
 // (k, n) and out / residual with (m, n)): the strides express transposes, broadcast b
 // (bBs = 0), the NCHW output of a 1x1 conv, and chunks of a problem bound as windows.
@@ -75,13 +81,37 @@ fn epilogue(acc: f32, m: u32, n: u32, z: u32) {
   out[p.oOff + o] = v;
 }
 
+//#if GLU
+// Value column n and gate column n + 1 (n even) of row m -> out column n / 2.
+fn epilogueGlu(x: f32, g: f32, m: u32, n: u32, z: u32) {
+  let o = z * p.oBs + m * p.oRs + (n >> 1u) * p.oCs;
+  var v = p.alpha * x;
+  var gate = p.alpha * g;
+  if ((p.flags & HAS_BIAS) != 0u) {
+    v += loadBias(p.biasOff + n);
+    gate += loadBias(p.biasOff + n + 1u);
+  }
+  v *= activate(gate, p.act);
+  if ((p.flags & HAS_RES) != 0u) { v += res[p.rOff + o]; }
+  out[p.oOff + o] = v;
+}
+//#endif
+
 // Four neighbouring columns n0 .. n0 + 3 of row m. The loop stays rolled (the unroller
 // only takes `i++` / `i += S` loops): inlining the epilogue once per output element made
 // lavapipe's compile of the register-blocked kernels take minutes.
 fn epilogue4(v: vec4<f32>, m: u32, n0: u32, z: u32) {
+//#if GLU
+  // Pairs (n0, n0 + 1) and (n0 + 2, n0 + 3): n0 and N are even, so a pair lies wholly
+  // inside or wholly past the edge.
+  for (var j = 0u; j < 4u; j = j + 2u) {
+    if (n0 + j < p.N) { epilogueGlu(v[j], v[j + 1u], m, n0 + j, z); }
+  }
+//#else
   for (var j = 0u; j < 4u; j = j + 1u) {
     if (n0 + j < p.N) { epilogue(v[j], m, n0 + j, z); }
   }
+//#endif
 }
 
 // Four neighbouring rows m0 .. m0 + 3 of column n (conv: four output channels of a pixel).

@@ -1,7 +1,8 @@
 // Shared-memory tiled matmul for real GPUs: a 256-invocation workgroup computes a
 // TILE x TILE block of the output, 4 x 4 per invocation, staging BK-deep slices of a
 // and b in workgroup memory. Loads go through the strides (any layout), zero-filled
-// past the edges. On lavapipe this is correct but slow (PLATFORM.md).
+// past the edges. On lavapipe this is correct but slow (PLATFORM.md). An invocation's
+// columns are n0 + lid.x + 16j, or n0 + 4 lid.x + j with GLU (pairs in one invocation).
 //#include matmul_common
 
 const T = {{TILE}}u;
@@ -62,7 +63,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       var bv: array<f32, 4>;
       for (var i = 0u; i < 4u; i++) {
         av[i] = As[kk * T + lid.y + 16u * i];
+//#if GLU
+        bv[i] = Bs[kk * T + 4u * lid.x + i];
+//#else
         bv[i] = Bs[kk * T + lid.x + 16u * i];
+//#endif
       }
       for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) { acc[i][j] += av[i] * bv[j]; }
@@ -70,6 +75,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     workgroupBarrier();
   }
+//#if GLU
+  // GLU: an invocation owns 4 neighbouring columns, so both columns of each pair.
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + lid.y + 16u * i;
+    if (m < p.M) { epilogue4(vec4<f32>(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), m, n0 + 4u * lid.x, z); }
+  }
+//#else
   for (var i = 0u; i < 4u; i++) {
     let m = m0 + lid.y + 16u * i;
     for (var j = 0u; j < 4u; j++) {
@@ -77,4 +89,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (m < p.M && n < p.N) { epilogue(acc[i][j], m, n, z); }
     }
   }
+//#endif
 }

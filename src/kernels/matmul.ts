@@ -7,12 +7,22 @@
 // stride, column stride, batch stride) over a tensor's storage, so transposes, broadcast
 // weights, the NCHW output of a 1x1 conv and chunks of a problem larger than one storage
 // binding are all the same kernel with other numbers.
+//
+// GLU epilogues (`glu: 'geglu'`): b's N columns hold (value, gate) pairs interleaved
+// [v0, g0, v1, g1, ...] (gluInterleave() re-lays a checkpoint's chunked weight once, at
+// load), so the two columns of a pair are neighbours in every variant's register block
+// and the kernel writes out (..., M, N/2) = value * gelu(gate) directly.
 import { GpuError, Tensor, keep, loadShader, fillTemplate, uniforms, shapeStr, type Binding, type Device } from '../tensor/index.js';
+import { cast, stridedMap } from './elementwise.js';
 
 export type Act = 'none' | 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu';
 export type MatmulVariant = 'naive' | 'cpu' | 'gpu';
 
 export const ACT_CODE: Record<Act, number> = { none: 0, silu: 1, gelu: 2, gelu_tanh: 3, quick_gelu: 4 };
+
+/** Gated linear units fused into the epilogue, and the activation each applies to the gate. */
+export type Glu = 'geglu';
+export const GLU_ACT: Record<Glu, Act> = { geglu: 'gelu' };
 
 export interface MatmulOptions {
   /** a is stored (..., K, M). */
@@ -26,6 +36,12 @@ export interface MatmulOptions {
   residual?: Tensor;
   /** Scales a@b before bias (default 1). */
   alpha?: number;
+  /**
+   * 'geglu': b's N (even) columns are (value, gate) pairs [v0, g0, v1, g1, ...] (see
+   * gluInterleave) and the output has N/2 columns: out[.., m, j] = h[.., m, 2j] *
+   * gelu(h[.., m, 2j + 1]) + residual with h = alpha * a@b + bias. Excludes `act`.
+   */
+  glu?: Glu;
   variant?: MatmulVariant;
 }
 
@@ -178,6 +194,11 @@ export interface Gemm {
   bias?: { t: Tensor; off: number };
   alpha: number;
   act: Act;
+  /**
+   * b's columns are (value, gate) pairs (n even, n + 1): out (M, N/2) column n/2 =
+   * value * act(gate) + res, `out` / `res` strides over the N/2 output columns.
+   */
+  glu?: boolean;
   /** Adds to the values already in out (before the activation). */
   accum?: boolean;
   variant: MatmulVariant;
@@ -264,12 +285,14 @@ function cpuModes(g: Gemm, M: number, N: number, aOff: number, bOff: number, NV:
 
 function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipeline; tile: [number, number] } {
   const biasF16 = g.bias?.t.dtype === 'f16';
+  const glu = Boolean(g.glu);
   if (g.variant === 'naive' || g.variant === 'gpu') {
-    const defines = { A_F16: g.a.t.dtype === 'f16', B_F16: g.b.t.dtype === 'f16', BIAS_F16: biasF16 };
+    const defines = { A_F16: g.a.t.dtype === 'f16', B_F16: g.b.t.dtype === 'f16', BIAS_F16: biasF16, GLU: glu };
     const key = `matmul_${g.variant}:${Object.keys(defines).filter((k) => defines[k as keyof typeof defines]).join(',')}`;
     const vec = { A_VEC: g.a.t.dtype === 'f16' ? 'u32' : 'f32', B_VEC: g.b.t.dtype === 'f16' ? 'u32' : 'f32' };
     const pipeline = dev.pipeline(key, () => buildShader(`matmul_${g.variant}`, defines, { ...vec, TILE: GPU_TILE }));
-    return { pipeline, tile: g.variant === 'naive' ? [8, 8] : [GPU_TILE, GPU_TILE] };
+    // naive with GLU: an invocation computes a pair of columns.
+    return { pipeline, tile: g.variant === 'naive' ? [8, glu ? 16 : 8] : [GPU_TILE, GPU_TILE] };
   }
   if (g.a.t.dtype !== 'f32') throw new GpuError(`${g.label}: the cpu matmul kernel reads a as f32, got ${g.a.t.dtype}`);
   let { TM, NV } = g.shape === 'gemv' ? GEMV_TILE : CPU_TILE;
@@ -280,6 +303,8 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
   if (sg) ({ TM, NV } = TILE_OVERRIDE ?? (d.B_TH8 ? SG_TILE_F16 : SG_TILE_F32));
   d.BIAS_F16 = biasF16;
+  // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
+  d.GLU = glu;
   // One row (gemv): lanes must span columns, or 7 of 8 would idle.
   const colLanes = COL_LANES || g.shape === 'gemv';
   d.COL_LANES = colLanes;
@@ -292,10 +317,13 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   return { pipeline, tile: colLanes ? [TM, 4 * NV * 8] : [TM * 8, 4 * NV] };
 }
 
-/** Splits [0, n) into about `count` pieces, starting at multiples of 8 while pieces are that long. */
-function pieces(n: number, count: number): [number, number][] {
+/**
+ * Splits [0, n) into about `count` pieces, starting at multiples of 8 while pieces are that
+ * long, and always at multiples of `align` (2: GLU column pairs stay whole).
+ */
+function pieces(n: number, count: number, align = 1): [number, number][] {
   const raw = Math.ceil(n / count);
-  const size = raw >= 8 ? Math.ceil(raw / 8) * 8 : raw;
+  const size = raw >= 8 ? Math.ceil(raw / 8) * 8 : Math.ceil(raw / align) * align;
   const out: [number, number][] = [];
   for (let s = 0; s < n; s += size) out.push([s, Math.min(n, s + size)]);
   return out;
@@ -304,19 +332,28 @@ function pieces(n: number, count: number): [number, number][] {
 /**
  * Records a strided GEMM. Problems whose operands do not fit one storage binding are
  * split: each operand along its major axis (the one with the larger stride: rows of a
- * row-major a, K rows of a transposed one, ...), K splits accumulating into out.
+ * row-major a, K rows of a transposed one, ...), K splits accumulating into out. With
+ * GLU, N pieces start at even columns, and a K split accumulates each (M, N) piece into a
+ * scratch buffer (out has only N/2 columns) that a last pass (matmul_glu.wgsl) finishes.
  */
 export function runGemm(dev: Device, g: Gemm): void {
   const { M, N, K, batch } = g;
   if (M === 0 || N === 0 || batch === 0) return;
   if (K === 0) throw new GpuError(`${g.label}: K = 0 is not supported`);
+  const glu = Boolean(g.glu);
+  if (glu && N % 2 !== 0) throw new GpuError(`${g.label}: glu needs an even N ((value, gate) column pairs), got N = ${N}`);
+  if (glu && g.accum) throw new GpuError(`${g.label}: glu cannot accumulate into out`);
   const limit = maxBindingBytes(dev);
   const fits = (t: Tensor, lo: number, hi: number): boolean => windowFor(dev, t, lo, hi).bytes <= limit;
   const res = g.res ? { t: g.res.t, off: g.res.off, rs: g.out.rs, cs: g.out.cs, bs: g.out.bs } : undefined;
+  // Output columns of b's columns [n0, n1): one per pair with GLU.
+  const oc = ([n0, n1]: [number, number]): [number, number] => (glu ? [n0 / 2, n1 / 2] : [n0, n1]);
+  const nAlign = glu ? 2 : 1;
 
   // Whole batches at once when everything fits; otherwise one batch at a time, split further.
   const all = (o: Operand, rows: number, cols: number): boolean => fits(o.t, ...span(o, 0, batch, 0, rows, 0, cols));
-  const wholeFits = all(g.a, M, K) && all(g.b, K, N) && all(g.out, M, N) && (!res || all(res, M, N));
+  const outN = oc([0, N])[1];
+  const wholeFits = all(g.a, M, K) && all(g.b, K, N) && all(g.out, M, outN) && (!res || all(res, M, outN));
   const zGroups: [number, number][] = wholeFits ? [[0, batch]] : Array.from({ length: batch }, (_, z) => [z, z + 1]);
 
   for (const [z0, z1] of zGroups) {
@@ -327,59 +364,90 @@ export function runGemm(dev: Device, g: Gemm): void {
     for (let guard = 0; ; guard++) {
       if (guard > 64) throw new GpuError(`${g.label}: cannot split the problem into storage bindings of ${limit} bytes`);
       const mP = pieces(M, sm);
-      const nP = pieces(N, sn);
+      const nP = pieces(N, sn, nAlign);
       const kP = pieces(K, sk);
+      const oP = nP.map(oc);
       const worst = (o: Operand, rP: [number, number][], cP: [number, number][]): boolean =>
         rP.every(([r0, r1]) => cP.every(([c0, c1]) => fits(o.t, ...span(o, z0, z1, r0, r1, c0, c1))));
+      // GLU with a K split: the f32 scratch of one (M, N) piece must fit a binding too.
+      const scratchFits = (): boolean => !glu || kP.length === 1 || (z1 - z0) * (mP[0]![1] - mP[0]![0]) * (nP[0]![1] - nP[0]![0]) * 4 <= limit;
       let grew = false;
       const dims = { m: M, n: N, k: K };
       const splits = { m: sm, n: sn, k: sk };
-      const grow = (o: Operand, rowAxis: 'm' | 'n' | 'k', colAxis: 'm' | 'n' | 'k'): void => {
-        // The major axis first; the other once single rows still do not fit.
-        const canSplit = (ax: 'm' | 'n' | 'k'): boolean => pieces(dims[ax], splits[ax]).length < dims[ax];
-        const major = o.rs >= o.cs ? rowAxis : colAxis;
-        const minor = major === rowAxis ? colAxis : rowAxis;
-        const axis = canSplit(major) ? major : minor;
-        if (!canSplit(axis)) return;
-        if (axis === 'm') sm *= 2;
-        else if (axis === 'n') sn *= 2;
+      const align = { m: 1, n: nAlign, k: 1 };
+      const canSplit = (ax: 'm' | 'n' | 'k'): boolean => pieces(dims[ax], splits[ax], align[ax]).length < Math.ceil(dims[ax] / align[ax]);
+      const split = (ax: 'm' | 'n' | 'k'): void => {
+        if (ax === 'm') sm *= 2;
+        else if (ax === 'n') sn *= 2;
         else sk *= 2;
         grew = true;
       };
-      if (!worst(g.a, mP, kP)) grow(g.a, 'm', 'k');
-      else if (!worst(g.b, kP, nP)) grow(g.b, 'k', 'n');
-      else if (!worst(g.out, mP, nP)) grow(g.out, 'm', 'n');
-      else if (res && !worst(res, mP, nP)) grow(res, 'm', 'n');
+      const grow = (o: Operand, rowAxis: 'm' | 'n' | 'k', colAxis: 'm' | 'n' | 'k'): void => {
+        // The major axis first; the other once single rows still do not fit.
+        const major = o.rs >= o.cs ? rowAxis : colAxis;
+        const minor = major === rowAxis ? colAxis : rowAxis;
+        const axis = canSplit(major) ? major : minor;
+        if (canSplit(axis)) split(axis);
+      };
+      // The scratch path dispatches single columns of b when a pair of them (two rows of
+      // an nn.Linear weight) is too long for one binding.
+      const splitGlu = glu && kP.length > 1;
+      const single = (ps: [number, number][]): [number, number][] => ps.flatMap(([n0, n1]) => Array.from({ length: n1 - n0 }, (_, i): [number, number] => [n0 + i, n0 + i + 1]));
+      const pairsFit = worst(g.b, kP, nP);
+      const okA = worst(g.a, mP, kP);
+      const okB = pairsFit || (splitGlu && worst(g.b, kP, single(nP)));
+      const okOut = worst(g.out, mP, oP);
+      const okRes = !res || worst(res, mP, oP);
+      const okScratch = scratchFits();
+      if (!okA) grow(g.a, 'm', 'k');
+      else if (!okB) grow(g.b, 'k', 'n');
+      else if (!okOut) grow(g.out, 'm', 'n');
+      else if (!okRes) grow(res!, 'm', 'n');
+      else if (!okScratch) {
+        if (canSplit('m')) split('m');
+        else if (canSplit('n')) split('n');
+      }
       if (grew) continue;
-      if (!(worst(g.a, mP, kP) && worst(g.b, kP, nP) && worst(g.out, mP, nP) && (!res || worst(res, mP, nP)))) {
+      if (!(okA && okB && okOut && okRes && okScratch)) {
         throw new GpuError(`${g.label}: cannot split the problem into storage bindings of ${limit} bytes`);
       }
+      const scratch = splitGlu ? Tensor.empty(dev, [(z1 - z0) * (mP[0]![1] - mP[0]![0]) * (nP[0]![1] - nP[0]![0])], 'f32', 'matmul glu scratch') : undefined;
       for (const [m0, m1] of mP) {
-        for (const [n0, n1] of nP) {
+        nP.forEach(([n0, n1], ni) => {
+          const [o0, o1] = oP[ni]!;
+          const wo = windowFor(dev, g.out.t, ...span(g.out, z0, z1, m0, m1, o0, o1));
+          const wr = res ? windowFor(dev, res.t, ...span(res, z0, z1, m0, m1, o0, o1)) : undefined;
+          const [mc, nc, zc] = [m1 - m0, n1 - n0, z1 - z0];
+          // GLU with a K split: the chunks accumulate plain (value, gate) columns into scratch.
+          const ws = scratch ? windowFor(dev, scratch, 0, zc * mc * nc - 1) : undefined;
+          const kg: Gemm = scratch ? { ...g, glu: false, act: 'none', res: undefined, out: { t: scratch, off: 0, rs: nc, cs: 1, bs: mc * nc } } : g;
+          const cols: [number, number][] = pairsFit ? [[n0, n1]] : single([[n0, n1]]);
           kP.forEach(([k0, k1], ki) => {
             const first = ki === 0;
             const last = ki === kP.length - 1;
             const wa = windowFor(dev, g.a.t, ...span(g.a, z0, z1, m0, m1, k0, k1));
-            const wb = windowFor(dev, g.b.t, ...span(g.b, z0, z1, k0, k1, n0, n1));
-            const wo = windowFor(dev, g.out.t, ...span(g.out, z0, z1, m0, m1, n0, n1));
-            const wr = res ? windowFor(dev, res.t, ...span(res, z0, z1, m0, m1, n0, n1)) : undefined;
-            dispatchGemm(dev, g, {
-              M: m1 - m0,
-              N: n1 - n0,
-              K: k1 - k0,
-              batch: z1 - z0,
-              a: wa,
-              b: wb,
-              out: wo,
-              res: wr,
-              biasOff: g.bias ? g.bias.off + n0 : 0,
-              accum: Boolean(g.accum) || !first,
-              bias: first && Boolean(g.bias),
-              final: last,
-            });
+            for (const [c0, c1] of cols) {
+              const wb = windowFor(dev, g.b.t, ...span(g.b, z0, z1, k0, k1, c0, c1));
+              dispatchGemm(dev, kg, {
+                M: mc,
+                N: c1 - c0,
+                K: k1 - k0,
+                batch: zc,
+                a: wa,
+                b: wb,
+                out: ws ? { binding: ws.binding, off: ws.off + c0 - n0 } : wo,
+                res: ws ? undefined : wr,
+                biasOff: g.bias ? g.bias.off + c0 : 0,
+                accum: Boolean(g.accum) || !first,
+                bias: first && Boolean(g.bias),
+                final: last && !ws,
+              });
+            }
           });
-        }
+          if (ws) dispatchGluFinish(dev, g, { M: mc, N: nc, batch: zc, src: ws, out: wo, res: wr });
+        });
       }
+      scratch?.release();
       break;
     }
   }
@@ -428,6 +496,7 @@ interface Chunk {
 }
 
 function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
+  if (g.glu && (c.accum || !c.final)) throw new GpuError(`${g.label}: internal: a GLU dispatch must be one final chunk`);
   const { pipeline, tile } = pipelineFor(dev, g, c);
   const flags = (c.bias ? 1 : 0) | (c.accum ? 2 : 0) | (c.final ? 4 : 0) | (c.final && c.res ? 8 : 0);
   const u = gemmUniforms({
@@ -453,6 +522,34 @@ function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
   });
 }
 
+/**
+ * The GLU epilogue over a K-split piece's scratch (src: (batch, M, N) f32, bias already
+ * added): out column n/2 = value * act(gate) [+ res] (shaders/matmul_glu.wgsl).
+ */
+function dispatchGluFinish(
+  dev: Device,
+  g: Gemm,
+  c: { M: number; N: number; batch: number; src: { binding: Binding; off: number }; out: { binding: Binding; off: number }; res?: { binding: Binding; off: number } },
+): void {
+  const pipeline = dev.pipeline('matmul_glu', () => buildShader('matmul_glu', { GLU: true }));
+  const u = gemmUniforms({
+    M: c.M, N: c.N, K: 0,
+    aOff: c.src.off, aRs: c.N, aCs: 1, aBs: c.M * c.N,
+    bOff: 0, bRs: 0, bCs: 0, bBs: 0,
+    oOff: c.out.off, oRs: g.out.rs, oCs: g.out.cs, oBs: g.out.bs,
+    rOff: c.res?.off ?? 0, biasOff: 0, flags: FLAG.FINAL | (c.res ? FLAG.RES : 0), act: ACT_CODE[g.act], alpha: 1, batch: c.batch,
+  });
+  const d = dummy(dev).binding();
+  dev.dispatch({
+    label: `${g.label} glu`,
+    family: 'matmul',
+    pipeline,
+    uniforms: u,
+    bindings: [c.src.binding, d, d, c.res?.binding ?? d, c.out.binding],
+    workgroups: [Math.ceil(c.N / 16), Math.ceil(c.M / 8), c.batch],
+  });
+}
+
 // ------------------------------------------------------------------ public ops
 function pickVariant(dev: Device, v: MatmulVariant | undefined): MatmulVariant {
   return v ?? dev.kind;
@@ -464,6 +561,22 @@ function checkF32(op: string, what: string, t: Tensor): void {
 
 function checkBias(op: string, bias: Tensor | undefined, N: number): void {
   if (bias && bias.numel !== N) throw new GpuError(`${op}: bias ${shapeStr(bias.shape)} does not match ${N} output features`);
+}
+
+/**
+ * Validates `glu` against `act` and N; returns the number of output columns. `shapes`
+ * describes the operands for the message.
+ */
+function checkGlu(op: string, glu: Glu | undefined, act: Act | undefined, N: number, shapes: string): number {
+  if (glu === undefined) return N;
+  if (!Object.hasOwn(GLU_ACT, glu)) throw new GpuError(`${op}: unknown glu '${String(glu)}' (supported: ${Object.keys(GLU_ACT).join(', ')})`);
+  if (act !== undefined && act !== 'none') {
+    throw new GpuError(`${op}: act '${act}' cannot be combined with glu '${glu}' (which applies ${GLU_ACT[glu]} to the gate)`);
+  }
+  if (N % 2 !== 0) {
+    throw new GpuError(`${op}: glu '${glu}' needs an even number of output features ((value, gate) pairs), but ${shapes} gives N = ${N}`);
+  }
+  return N / 2;
 }
 
 function checkResidual(op: string, res: Tensor | undefined, outShape: readonly number[]): void {
@@ -478,6 +591,7 @@ function checkResidual(op: string, res: Tensor | undefined, outShape: readonly n
  * a (..., M, K) [(..., K, M) with transA] @ b (..., K, N) [(..., N, K) with transB]
  * -> (..., M, N) f32; out = act(alpha * a@b + bias) + residual. A 2-D b (or a) broadcasts
  * over the other's batch dims. b may be f16 (packed weights); accumulation is f32.
+ * With `glu`, -> (..., M, N/2) (MatmulOptions.glu).
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const dev = a.device;
@@ -497,7 +611,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   else if (aBatch.length === bBatch.length && aBatch.every((d, i) => d === bBatch[i])) batchDims = aBatch;
   else throw new GpuError(`${op}: batch dims differ: a ${shapeStr(a.shape)} vs b ${shapeStr(b.shape)} (only a 2-D operand broadcasts)`);
   const batch = batchDims.reduce((x, y) => x * y, 1);
-  const outShape = [...batchDims, M, N];
+  const outN = checkGlu(op, opts.glu, opts.act, N, `a ${shapeStr(a.shape)} @ b ${shapeStr(b.shape)}${opts.transB ? ' (transB)' : ''}`);
+  const outShape = [...batchDims, M, outN];
   checkBias(op, opts.bias, N);
   checkResidual(op, opts.residual, outShape);
   const out = Tensor.empty(dev, outShape, 'f32', 'matmul out');
@@ -509,11 +624,12 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     batch,
     a: { t: a, off: 0, rs: opts.transA ? 1 : K, cs: opts.transA ? M : 1, bs: aBatch.length ? M * K : 0 },
     b: { t: b, off: 0, rs: opts.transB ? 1 : N, cs: opts.transB ? K : 1, bs: bBatch.length ? K * N : 0 },
-    out: { t: out, off: 0, rs: N, cs: 1, bs: M * N },
+    out: { t: out, off: 0, rs: outN, cs: 1, bs: M * outN },
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: opts.bias ? { t: opts.bias, off: 0 } : undefined,
     alpha: opts.alpha ?? 1,
-    act: opts.act ?? 'none',
+    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
+    glu: Boolean(opts.glu),
     variant: pickVariant(dev, opts.variant),
   });
   return out;
@@ -521,12 +637,20 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 
 export interface LinearOptions {
   act?: Act;
-  /** (..., N) like the output, added after the activation. */
+  /** (..., N) like the output (N/2 with glu), added after the activation. */
   residual?: Tensor;
+  /**
+   * 'geglu': weight rows (and bias) are (value, gate) pairs, as gluInterleave() lays out
+   * a diffusers GEGLU projection; the output is (..., N/2) = value * gelu(gate).
+   */
+  glu?: Glu;
   variant?: MatmulVariant;
 }
 
-/** x (..., K) @ weight (N, K)^T [+ bias (N)] -> (..., N): torch.nn.Linear. weight may be f16. */
+/**
+ * x (..., K) @ weight (N, K)^T [+ bias (N)] -> (..., N): torch.nn.Linear. weight may be f16.
+ * With `glu`, -> (..., N/2).
+ */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor, opts: LinearOptions = {}): Tensor {
   const op = 'linear';
   checkF32(op, 'x', x);
@@ -537,7 +661,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor, opts: LinearOpt
   if (xk !== K) throw new GpuError(`${op}: inner dims differ: x ${shapeStr(x.shape)} vs weight ${shapeStr(weight.shape)}`);
   const M = x.numel / K;
   if (M === 1) return gemv(x, weight, bias, { ...opts, transB: true });
-  const outShape = [...x.shape.slice(0, -1), N];
+  const outN = checkGlu(op, opts.glu, opts.act, N, `x ${shapeStr(x.shape)} @ weight ${shapeStr(weight.shape)}^T`);
+  const outShape = [...x.shape.slice(0, -1), outN];
   checkBias(op, bias, N);
   checkResidual(op, opts.residual, outShape);
   const out = Tensor.empty(x.device, outShape, 'f32', 'linear out');
@@ -549,11 +674,12 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor, opts: LinearOpt
     batch: 1,
     a: { t: x, off: 0, rs: K, cs: 1, bs: 0 },
     b: { t: weight, off: 0, rs: 1, cs: K, bs: 0 },
-    out: { t: out, off: 0, rs: N, cs: 1, bs: 0 },
+    out: { t: out, off: 0, rs: outN, cs: 1, bs: 0 },
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: bias ? { t: bias, off: 0 } : undefined,
     alpha: 1,
-    act: opts.act ?? 'none',
+    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
+    glu: Boolean(opts.glu),
     variant: pickVariant(x.device, opts.variant),
   });
   return out;
@@ -575,7 +701,8 @@ export function gemv(x: Tensor, w: Tensor, bias?: Tensor, opts: GemvOptions = {}
   if (w.rank !== 2) throw new GpuError(`${op}: w ${shapeStr(w.shape)} must be 2-D`);
   const [N, K] = transB ? (w.shape as [number, number]) : ([w.shape[1]!, w.shape[0]!] as [number, number]);
   if (x.numel !== K || x.shape[x.rank - 1] !== K) throw new GpuError(`${op}: x ${shapeStr(x.shape)} must be one row of ${K} to match w ${shapeStr(w.shape)}`);
-  const outShape = [...x.shape.slice(0, -1), N];
+  const outN = checkGlu(op, opts.glu, opts.act, N, `x ${shapeStr(x.shape)} @ w ${shapeStr(w.shape)}${transB ? '^T' : ''}`);
+  const outShape = [...x.shape.slice(0, -1), outN];
   checkBias(op, bias, N);
   checkResidual(op, opts.residual, outShape);
   const out = Tensor.empty(x.device, outShape, 'f32', 'gemv out');
@@ -588,15 +715,44 @@ export function gemv(x: Tensor, w: Tensor, bias?: Tensor, opts: GemvOptions = {}
     batch: 1,
     a: { t: x, off: 0, rs: K, cs: 1, bs: 0 },
     b: { t: w, off: 0, rs: transB ? 1 : N, cs: transB ? K : 1, bs: 0 },
-    out: { t: out, off: 0, rs: N, cs: 1, bs: 0 },
+    out: { t: out, off: 0, rs: outN, cs: 1, bs: 0 },
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: bias ? { t: bias, off: 0 } : undefined,
     alpha: 1,
-    act: opts.act ?? 'none',
+    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
+    glu: Boolean(opts.glu),
     // The one-row register block of the cpu kernel is the gemv on every adapter except
     // when a variant is forced (tests).
     variant: variant === 'naive' ? 'naive' : opts.variant === 'gpu' ? 'gpu' : 'cpu',
     shape: 'gemv',
   });
   return out;
+}
+
+/**
+ * Re-lays a (value, gate) projection from the chunked layout of a checkpoint (diffusers
+ * GEGLU: `hidden, gate = proj(x).chunk(2, dim=-1)`) into the pairs that `glu` reads:
+ * along `axis` (length 2F) entry s * F + j moves to 2j + s. An nn.Linear weight (2F, K)
+ * and its bias (2F) use axis 0 (whole rows move, so f16 packing is no concern); a
+ * (K, 2F) matmul b uses axis 1. Returns a new tensor of t's dtype (f16 goes through an
+ * exact f32 copy); meant to run once, at load.
+ */
+export function gluInterleave(t: Tensor, axis = 0): Tensor {
+  const op = 'gluInterleave';
+  const ax = axis < 0 ? axis + t.rank : axis;
+  if (!Number.isInteger(ax) || ax < 0 || ax >= t.rank) throw new GpuError(`${op}: axis ${axis} out of range for ${shapeStr(t.shape)}`);
+  const L = t.shape[ax]!;
+  if (L % 2 !== 0) throw new GpuError(`${op}: ${shapeStr(t.shape)} has ${L} entries along axis ${axis}, not two equal (value, gate) halves`);
+  const F = L / 2;
+  const outer = t.shape.slice(0, ax).reduce((x, y) => x * y, 1);
+  const inner = t.shape.slice(ax + 1).reduce((x, y) => x * y, 1);
+  const f32 = Tensor.empty(t.device, t.shape, 'f32', op);
+  if (t.numel > 0) {
+    // out (outer, F, 2, inner) <- t (outer, 2, F, inner)
+    stridedMap(`${op} ${shapeStr(t.shape)}`, 'x', [outer, F, 2, inner], { tensor: f32, strides: [L * inner, 2 * inner, inner, 1] }, { tensor: t, strides: [L * inner, inner, F * inner, 1] }, null);
+  }
+  if (t.dtype === 'f32') return f32;
+  const half = cast(f32, t.dtype);
+  f32.release();
+  return half;
 }

@@ -3,8 +3,8 @@
 // weights keep their checkpoint names, so loading is a walk over module paths.
 import { join } from 'node:path';
 import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
-import { add, attention, concat, conv2d, geglu, groupNorm, layerNorm, linear, permute, prepareConvWeight, unary, upsampleNearest2x } from '../kernels/index.js';
-import { Tensor, scope, type Device } from '../tensor/index.js';
+import { add, attention, concat, conv2d, gluInterleave, groupNorm, layerNorm, linear, permute, prepareConvWeight, unary, upsampleNearest2x } from '../kernels/index.js';
+import { Tensor, keep, scope, type Device } from '../tensor/index.js';
 import type { AttentionStore } from './attentionStore.js';
 import { WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
@@ -244,6 +244,17 @@ export class UNet2DConditionModel {
       weight: w.load(`${p}.weight`, [out, inp], 'matrix'),
       bias: bias ? w.load(`${p}.bias`, [out]) : undefined,
     });
+    // The GEGLU projection (value rows, then gate rows) re-laid once into (value, gate) row
+    // pairs, so that linear's glu writes value * gelu(gate) straight from the matmul.
+    const gegluLin = (p: string, out: number, inp: number): Lin => {
+      const l = lin(p, out, inp);
+      const relaid = (t: Tensor): Tensor => {
+        const r = keep(gluInterleave(t));
+        t.release();
+        return r;
+      };
+      return { weight: relaid(l.weight), bias: l.bias && relaid(l.bias) };
+    };
     // 3x3 weights are converted to the direct conv's layout as they load and the original
     // freed at once (conv2d would otherwise keep a second, re-laid copy of each).
     const conv = (p: string, out: number, inp: number, k: number): Conv => {
@@ -277,7 +288,7 @@ export class UNet2DConditionModel {
           v2: lin(`${b}.attn2.to_v`, C, D, false),
           o2: lin(`${b}.attn2.to_out.0`, C, C),
           norm3: norm(`${b}.norm3`, C),
-          ff1: lin(`${b}.ff.net.0.proj`, C * 8, C),
+          ff1: gegluLin(`${b}.ff.net.0.proj`, C * 8, C),
           ff2: lin(`${b}.ff.net.2`, C, C * 4),
         });
       }
@@ -499,7 +510,7 @@ export class UNet2DConditionModel {
     a = attention(linear(n, b.q2.weight), linear(ctx, b.k2.weight), linear(ctx, b.v2.weight), heads, { probsOut: probs, probsSumBatch: sumBatch });
     x = linear(a, b.o2.weight, b.o2.bias, { residual: x });
     n = layerNorm(x, b.norm3.weight, b.norm3.bias, 1e-5);
-    const ff = geglu(linear(n, b.ff1.weight, b.ff1.bias));
+    const ff = linear(n, b.ff1.weight, b.ff1.bias, { glu: 'geglu' }); // ff1 re-laid at load (gegluLin)
     return linear(ff, b.ff2.weight, b.ff2.bias, { residual: x });
   }
 
