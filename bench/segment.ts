@@ -103,7 +103,8 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     maxBatch: o.batch > 1 ? o.batch : 2,
     onProgress: (p) => {
       const s = `${p.phase} ${p.done}/${p.total}`;
-      if (s !== last && process.stderr.isTTY) process.stderr.write(`\r${s} ${((performance.now() - t0) / 1000).toFixed(0)}s   `);
+      // a line per step where stderr is a log file (a full-size run takes many minutes there)
+      if (s !== last) process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}${s} ${((performance.now() - t0) / 1000).toFixed(0)}s${process.stderr.isTTY ? '   ' : '\n'}`);
       last = s;
     },
   });
