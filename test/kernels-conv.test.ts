@@ -178,6 +178,19 @@ describe('conv2d', () => {
     expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
   });
 
+  it('cpu: Winograd goes in chunks of tiles when its transformed input exceeds one binding', async () => {
+    dev = await getDevice();
+    if (dev.kind !== 'cpu') return;
+    setWinogradMinTiles(1);
+    // x and out (8 KiB) and U (4 KiB) fit a 12 KiB limit; V (16, 64 tiles, 8) = 32 KiB does not:
+    // 24 tiles per chunk, three chunks of (input transform, matmul, output transform).
+    setMaxBindingBytes(12288);
+    expect(await check('cpu', { B: 1, Ci: 8, Co: 8, H: 16, W: 16, k: 3, pad: 1, bias: true, residual: true })).toBeGreaterThanOrEqual(10);
+    // odd sizes, a batch of two: tiles of both images in one chunk sequence
+    setMaxBindingBytes(16384);
+    await check('cpu', { B: 2, Ci: 8, Co: 4, H: 15, W: 13, k: 3, pad: 1, bias: true, act: 'silu' });
+  });
+
   it('cpu: Winograd with a prepared (ci, ky, kx, co) weight equals the plain weight', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;

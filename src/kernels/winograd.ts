@@ -36,9 +36,10 @@ export interface WinogradArgs {
 
 /**
  * Whether conv2d should take the Winograd path: 3x3, stride 1, padding 1 on all sides,
- * channels multiples of 4, activation none or SiLU, enough tiles, and the input, output and
- * transformed operands within one storage binding each (no windows here; the direct kernel
- * handles the huge VAE activations).
+ * channels multiples of 4, activation none or SiLU, enough tiles, the input, output and
+ * transformed weight each within one storage binding (the transformed input and the matmul
+ * output go in chunks of tiles; inputs above one binding, e.g. the VAE's 128 channels at
+ * 512x512, keep the direct kernel and its windows).
  */
 export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: number; H: number; W: number; kh: number; kw: number; stride: number; pads: number[]; act: Act }): boolean {
   if (!ENABLED || dev.kind !== 'cpu') return false;
@@ -47,8 +48,13 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   const tiles = a.B * Math.ceil(a.H / 2) * Math.ceil(a.W / 2);
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
-  const big = Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W, 16 * tiles * a.Ci, 16 * tiles * a.Co, 16 * a.Ci * a.Co) * 4;
-  return big <= lim;
+  const whole = Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W, 16 * a.Ci * a.Co) * 4;
+  return whole <= lim && tilesPerChunk(lim, a.Ci, a.Co) >= 1;
+}
+
+/** Tiles per chunk so that V (16, tiles, Ci) and M (16, tiles, Co) each fit one binding. */
+function tilesPerChunk(lim: number, Ci: number, Co: number): number {
+  return Math.floor(lim / (16 * 4 * Math.max(Ci, Co)));
 }
 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
@@ -57,10 +63,8 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const tx = Math.ceil(W / 2);
   const tiles = B * tx * Math.ceil(H / 2);
 
-  // U (16, Co, Ci)
+  // U (16, Co, Ci), once per call; V and M per chunk of tiles
   const u = Tensor.empty(dev, [16, Co, Ci], 'f32', 'winograd U');
-  const v = Tensor.empty(dev, [16, tiles, Ci], 'f32', 'winograd V');
-  let m: Tensor | undefined;
   try {
     {
       const pipeline = dev.pipeline(`winograd_weight:${w.dtype}`, () => buildShader('winograd_weight', { F16: f16 }));
@@ -72,34 +76,41 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
         bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
       });
     }
-    {
-      const pipeline = dev.pipeline('winograd_input', () => buildShader('winograd_input', {}));
-      const n = tiles * (Ci / 4);
-      const [nx, ny] = grid1d(Math.ceil(n / 64));
-      dev.dispatch({
-        label: `${g.label} winograd input`, family: 'winograd', pipeline,
-        uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', 0], ['u', tiles], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-        bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
-      });
-    }
-    m = matmul(v, u, { transB: true, variant: 'cpu' }); // (16, tiles, Co)
-    {
-      const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
-      const n = tiles * (Co / 4);
-      const [nx, ny] = grid1d(Math.ceil(n / 64));
-      const flags = (g.bias ? 1 : 0) | (g.residual ? 8 : 0);
-      const dm = dummy(dev).binding();
-      dev.dispatch({
-        label: `${g.label} winograd output`, family: 'winograd', pipeline,
-        uniforms: uniforms([['u', B], ['u', Co], ['u', H], ['u', W], ['u', tx], ['u', 0], ['u', tiles], ['u', nx], ['u', flags], ['u', g.act === 'silu' ? 1 : 0], ['u', 0], ['u', 0]]),
-        bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
-        workgroups: [nx, ny],
-      });
+    const per = Math.min(tiles, tilesPerChunk(maxBindingBytes(dev), Ci, Co));
+    for (let t0 = 0; t0 < tiles; t0 += per) {
+      const nt = Math.min(per, tiles - t0);
+      const v = Tensor.empty(dev, [16, nt, Ci], 'f32', 'winograd V');
+      let m: Tensor | undefined;
+      try {
+        {
+          const pipeline = dev.pipeline('winograd_input', () => buildShader('winograd_input', {}));
+          const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
+          dev.dispatch({
+            label: `${g.label} winograd input`, family: 'winograd', pipeline,
+            uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
+            bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
+          });
+        }
+        m = matmul(v, u, { transB: true, variant: 'cpu' }); // (16, nt, Co)
+        {
+          const biasF16 = g.bias?.dtype === 'f16';
+          const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
+          const [nx, ny] = grid1d(Math.ceil((nt * (Co / 4)) / 64));
+          const flags = (g.bias ? 1 : 0) | (g.residual ? 8 : 0);
+          const dm = dummy(dev).binding();
+          dev.dispatch({
+            label: `${g.label} winograd output`, family: 'winograd', pipeline,
+            uniforms: uniforms([['u', B], ['u', Co], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', g.act === 'silu' ? 1 : 0], ['u', 0], ['u', 0]]),
+            bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
+            workgroups: [nx, ny],
+          });
+        }
+      } finally {
+        v.release();
+        m?.release();
+      }
     }
   } finally {
     u.release();
-    v.release();
-    m?.release();
   }
 }
