@@ -7,18 +7,19 @@ struct P { B: u32, Ci: u32, H: u32, W: u32, tx: u32, t0: u32, nt: u32, nx: u32, 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> v: array<vec4<f32>>;
 
+//#include winograd_tile
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * p.nx * 64u;
   let c4n = p.Ci / 4u;
   if (i >= p.nt * c4n) { return; }
-  let c4 = i % c4n;
-  let tl = i / c4n;           // tile within this chunk
-  let t = p.t0 + tl;          // tile over the batch
-  let tpi = p.tx * ((p.H + 1u) / 2u);
-  let b = t / tpi;
-  let ty = (t % tpi) / p.tx;
-  let tx = t % p.tx;
+  let tile = tileOf(i, c4n, p.t0, p.tx, p.H);
+  let c4 = tile.c4;
+  let tl = tile.tl;
+  let b = tile.b;
+  let ty = tile.ty;
+  let tx = tile.tx;
   let hw = p.H * p.W;
   let cb = p.xOff + (b * p.Ci + 4u * c4) * hw;
   // d[r][c]: input pixel (2ty - 1 + r, 2tx - 1 + c) of the four channels

@@ -17,18 +17,19 @@ fn ldBias(i: u32) -> f32 { return bias[i]; }
 const HAS_BIAS = 1u;
 const HAS_RES = 8u;
 
+//#include winograd_tile
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * p.nx * 64u;
   let c4n = p.Co / 4u;
   if (i >= p.nt * c4n) { return; }
-  let c4 = i % c4n;
-  let tl = i / c4n;
-  let t = p.t0 + tl;
-  let tpi = p.tx * ((p.Ho + 1u) / 2u);
-  let b = t / tpi;
-  let ty = (t % tpi) / p.tx;
-  let tx = t % p.tx;
+  let tile = tileOf(i, c4n, p.t0, p.tx, p.Ho);
+  let c4 = tile.c4;
+  let tl = tile.tl;
+  let b = tile.b;
+  let ty = tile.ty;
+  let tx = tile.tx;
   let plane = p.nt * c4n;
   let o = tl * c4n + c4;
   var q: array<vec4<f32>, 16>;
