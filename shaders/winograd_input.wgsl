@@ -15,19 +15,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let c4n = p.Ci / 4u;
   if (i >= p.nt * c4n) { return; }
   let tile = tileOf(i, c4n, p.t0, p.tx, p.H);
-  let c4 = tile.c4;
-  let tl = tile.tl;
-  let b = tile.b;
-  let ty = tile.ty;
-  let tx = tile.tx;
   let hw = p.H * p.W;
-  let cb = p.xOff + (b * p.Ci + 4u * c4) * hw;
+  let cb = p.xOff + (tile.b * p.Ci + 4u * tile.c4) * hw;
   // d[r][c]: input pixel (2ty - 1 + r, 2tx - 1 + c) of the four channels
   var d: array<vec4<f32>, 16>;
   for (var r = 0u; r < 4u; r++) {
-    let y = i32(2u * ty + r) - 1;
+    let y = i32(2u * tile.ty + r) - 1;
     for (var c = 0u; c < 4u; c++) {
-      let xx = i32(2u * tx + c) - 1;
+      let xx = i32(2u * tile.tx + c) - 1;
       if (y >= 0 && y < i32(p.H) && xx >= 0 && xx < i32(p.W)) {
         let o = cb + u32(y) * p.W + u32(xx);
         d[4u * r + c] = vec4<f32>(x[o], x[o + hw], x[o + 2u * hw], x[o + 3u * hw]);
@@ -46,7 +41,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   // V = t B
   let plane = p.nt * c4n;
-  let o = tl * c4n + c4;
+  let o = tile.tl * c4n + tile.c4;
   for (var r = 0u; r < 4u; r++) {
     v[(4u * r) * plane + o] = s[4u * r] - s[4u * r + 2u];
     v[(4u * r + 1u) * plane + o] = s[4u * r + 1u] + s[4u * r + 2u];

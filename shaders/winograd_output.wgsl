@@ -25,13 +25,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let c4n = p.Co / 4u;
   if (i >= p.nt * c4n) { return; }
   let tile = tileOf(i, c4n, p.t0, p.tx, p.Ho);
-  let c4 = tile.c4;
-  let tl = tile.tl;
-  let b = tile.b;
-  let ty = tile.ty;
-  let tx = tile.tx;
   let plane = p.nt * c4n;
-  let o = tl * c4n + c4;
+  let o = tile.tl * c4n + tile.c4;
   var q: array<vec4<f32>, 16>;
   for (var e = 0u; e < 16u; e++) { q[e] = m[e * plane + o]; }
   // s = A^T q (2x4), A^T = [[1,1,1,0],[0,1,-1,-1]]
@@ -47,18 +42,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   var bv = vec4<f32>(0.0);
   if ((p.flags & HAS_BIAS) != 0u) {
-    let co = 4u * c4;
+    let co = 4u * tile.c4;
     bv = vec4<f32>(ldBias(co), ldBias(co + 1u), ldBias(co + 2u), ldBias(co + 3u));
   }
   let hw = p.Ho * p.Wo;
   for (var r = 0u; r < 2u; r++) {
-    let oy = 2u * ty + r;
+    let oy = 2u * tile.ty + r;
     for (var c = 0u; c < 2u; c++) {
-      let ox = 2u * tx + c;
+      let ox = 2u * tile.tx + c;
       if (oy < p.Ho && ox < p.Wo) {
         var val = y[2u * r + c] + bv;
         if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
-        let base = (b * p.Co + 4u * c4) * hw + oy * p.Wo + ox;
+        let base = (tile.b * p.Co + 4u * tile.c4) * hw + oy * p.Wo + ox;
         for (var k = 0u; k < 4u; k++) {
           var z = val[k];
           if ((p.flags & HAS_RES) != 0u) { z += res[p.rOff + base + k * hw]; }
