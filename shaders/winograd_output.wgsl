@@ -1,7 +1,8 @@
 // Winograd F(2x2, 3x3), output side: Y = A^T M A for every tile and four output channels,
-// from the batched matmul's 16 matrices M[e] (tiles, Co); then bias, activation (none or
-// SiLU) and residual, stored into the (B, Co, Ho, Wo) output (edge tiles clipped).
-struct P { B: u32, Co: u32, Ho: u32, Wo: u32, tx: u32, t0: u32, nt: u32, nx: u32, flags: u32, act: u32, oOff: u32, rOff: u32 }
+// from the batched matmul's 16 matrices M[e] (tiles, Co) of a chunk of Co output channels
+// starting at co0; then bias, activation (none or SiLU) and residual, stored into the
+// (B, CoAll, Ho, Wo) output (edge tiles clipped).
+struct P { B: u32, Co: u32, Ho: u32, Wo: u32, tx: u32, t0: u32, nt: u32, nx: u32, flags: u32, act: u32, co0: u32, CoAll: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> m: array<vec4<f32>>;
 //#if BIAS_F16
@@ -42,7 +43,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   var bv = vec4<f32>(0.0);
   if ((p.flags & HAS_BIAS) != 0u) {
-    let co = 4u * tile.c4;
+    let co = p.co0 + 4u * tile.c4;
     bv = vec4<f32>(ldBias(co), ldBias(co + 1u), ldBias(co + 2u), ldBias(co + 3u));
   }
   let hw = p.Ho * p.Wo;
@@ -53,11 +54,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       if (oy < p.Ho && ox < p.Wo) {
         var val = y[2u * r + c] + bv;
         if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
-        let base = (tile.b * p.Co + 4u * tile.c4) * hw + oy * p.Wo + ox;
+        let base = (tile.b * p.CoAll + p.co0 + 4u * tile.c4) * hw + oy * p.Wo + ox;
         for (var k = 0u; k < 4u; k++) {
           var z = val[k];
-          if ((p.flags & HAS_RES) != 0u) { z += res[p.rOff + base + k * hw]; }
-          out[p.oOff + base + k * hw] = z;
+          if ((p.flags & HAS_RES) != 0u) { z += res[base + k * hw]; }
+          out[base + k * hw] = z;
         }
       }
     }

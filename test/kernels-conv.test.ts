@@ -178,7 +178,7 @@ describe('conv2d', () => {
     expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
   });
 
-  it('cpu: Winograd goes in chunks of tiles when its transformed input exceeds one binding', async () => {
+  it('cpu: Winograd goes in chunks of tiles and of output channels where its operands exceed one binding', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;
     setWinogradMinTiles(1);
@@ -186,6 +186,10 @@ describe('conv2d', () => {
     // 24 tiles per chunk, three chunks of (input transform, matmul, output transform).
     setMaxBindingBytes(12288);
     expect(await check('cpu', { B: 1, Ci: 8, Co: 8, H: 16, W: 16, k: 3, pad: 1, bias: true, residual: true })).toBeGreaterThanOrEqual(10);
+    // U (16, 24, 16) = 24 KiB against 8 KiB: three chunks of 8 output channels, each in two
+    // chunks of 8 tiles (the UNet's 2560-channel inputs chunk their output channels so)
+    setMaxBindingBytes(8192);
+    expect(await check('cpu', { B: 1, Ci: 16, Co: 24, H: 8, W: 8, k: 3, pad: 1, bias: true, residual: true, act: 'silu' })).toBeGreaterThanOrEqual(15);
     // odd sizes, a batch of two: tiles of both images in one chunk sequence
     setMaxBindingBytes(16384);
     await check('cpu', { B: 2, Ci: 8, Co: 4, H: 15, W: 13, k: 3, pad: 1, bias: true, act: 'silu' });

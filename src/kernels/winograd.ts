@@ -48,8 +48,14 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   const tiles = a.B * Math.ceil(a.H / 2) * Math.ceil(a.W / 2);
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
-  const whole = Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W, 16 * a.Ci * a.Co) * 4;
-  return whole <= lim && tilesPerChunk(lim, a.Ci, a.Co) >= 1;
+  if (Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W) * 4 > lim) return false;
+  const coc = coPerChunk(lim, a.Ci, a.Co);
+  return coc >= 4 && tilesPerChunk(lim, a.Ci, coc) >= 1;
+}
+
+/** Output channels per chunk (a multiple of 4) so that U (16, Co, Ci) fits one binding. */
+function coPerChunk(lim: number, Ci: number, Co: number): number {
+  return Math.min(Co, Math.floor(lim / (16 * 4 * Ci) / 4) * 4);
 }
 
 /** Tiles per chunk so that V (16, tiles, Ci) and M (16, tiles, Co) each fit one binding. */
@@ -58,59 +64,67 @@ function tilesPerChunk(lim: number, Ci: number, Co: number): number {
 }
 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
-  const { x, w, out, B, Ci, Co, H, W } = g;
+  const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
-  const tx = Math.ceil(W / 2);
-  const tiles = B * tx * Math.ceil(H / 2);
+  const tiles = B * Math.ceil(W / 2) * Math.ceil(H / 2);
+  // Per chunk of output channels: U (16, Coc, Ci); per chunk of tiles: V and M. One chunk
+  // of each in the UNet except its 2560-channel inputs (U would be 210 MB).
+  const lim = maxBindingBytes(dev);
+  const coc = coPerChunk(lim, Ci, Co);
+  const per = Math.min(tiles, tilesPerChunk(lim, Ci, coc));
+  for (let co0 = 0; co0 < Co; co0 += coc) {
+    const nco = Math.min(coc, Co - co0);
+    const u = Tensor.empty(dev, [16, nco, Ci], 'f32', 'winograd U');
+    try {
+      const [sCo, sCi, sTap] = g.wStrides;
+      {
+        const pipeline = dev.pipeline(`winograd_weight:${w.dtype}`, () => buildShader('winograd_weight', { F16: f16 }));
+        const [nx, ny] = grid1d(Math.ceil((nco * Ci) / 64));
+        dev.dispatch({
+          label: `${g.label} winograd weight`, family: 'winograd', pipeline,
+          uniforms: uniforms([['u', nco], ['u', Ci], ['u', nx], ['u', co0 * sCo], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),
+          bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
+        });
+      }
+      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, u, co0, nco, t0, Math.min(per, tiles - t0));
+    } finally {
+      u.release();
+    }
+  }
+}
 
-  // U (16, Co, Ci), once per call; V and M per chunk of tiles
-  const u = Tensor.empty(dev, [16, Co, Ci], 'f32', 'winograd U');
+/** Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels [co0, co0 + nco). */
+function winogradTiles(dev: Device, g: WinogradArgs, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
+  const { x, out, B, Ci, Co, H, W } = g;
+  const tx = Math.ceil(W / 2);
+  const v = Tensor.empty(dev, [16, nt, Ci], 'f32', 'winograd V');
+  let m: Tensor | undefined;
   try {
     {
-      const pipeline = dev.pipeline(`winograd_weight:${w.dtype}`, () => buildShader('winograd_weight', { F16: f16 }));
-      const [nx, ny] = grid1d(Math.ceil((Co * Ci) / 64));
-      const [sCo, sCi, sTap] = g.wStrides;
+      const pipeline = dev.pipeline('winograd_input', () => buildShader('winograd_input', {}));
+      const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
-        label: `${g.label} winograd weight`, family: 'winograd', pipeline,
-        uniforms: uniforms([['u', Co], ['u', Ci], ['u', nx], ['u', 0], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),
-        bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
+        label: `${g.label} winograd input`, family: 'winograd', pipeline,
+        uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
+        bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
-    const per = Math.min(tiles, tilesPerChunk(maxBindingBytes(dev), Ci, Co));
-    for (let t0 = 0; t0 < tiles; t0 += per) {
-      const nt = Math.min(per, tiles - t0);
-      const v = Tensor.empty(dev, [16, nt, Ci], 'f32', 'winograd V');
-      let m: Tensor | undefined;
-      try {
-        {
-          const pipeline = dev.pipeline('winograd_input', () => buildShader('winograd_input', {}));
-          const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
-          dev.dispatch({
-            label: `${g.label} winograd input`, family: 'winograd', pipeline,
-            uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-            bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
-          });
-        }
-        m = matmul(v, u, { transB: true, variant: 'cpu' }); // (16, nt, Co)
-        {
-          const biasF16 = g.bias?.dtype === 'f16';
-          const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
-          const [nx, ny] = grid1d(Math.ceil((nt * (Co / 4)) / 64));
-          const flags = (g.bias ? 1 : 0) | (g.residual ? 8 : 0);
-          const dm = dummy(dev).binding();
-          dev.dispatch({
-            label: `${g.label} winograd output`, family: 'winograd', pipeline,
-            uniforms: uniforms([['u', B], ['u', Co], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', g.act === 'silu' ? 1 : 0], ['u', 0], ['u', 0]]),
-            bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
-            workgroups: [nx, ny],
-          });
-        }
-      } finally {
-        v.release();
-        m?.release();
-      }
+    m = matmul(v, u, { transB: true, variant: 'cpu' }); // (16, nt, nco)
+    {
+      const biasF16 = g.bias?.dtype === 'f16';
+      const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
+      const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
+      const flags = (g.bias ? 1 : 0) | (g.residual ? 8 : 0);
+      const dm = dummy(dev).binding();
+      dev.dispatch({
+        label: `${g.label} winograd output`, family: 'winograd', pipeline,
+        uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', g.act === 'silu' ? 1 : 0], ['u', co0], ['u', Co]]),
+        bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
+        workgroups: [nx, ny],
+      });
     }
   } finally {
-    u.release();
+    v.release();
+    m?.release();
   }
 }
