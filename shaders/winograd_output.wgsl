@@ -15,6 +15,7 @@ fn ldBias(i: u32) -> f32 { return bias[i]; }
 @group(0) @binding(3) var<storage, read> res: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+// flags and act codes as matmul.ts FLAG / ACT_CODE (winogradApplies admits act none or silu)
 const HAS_BIAS = 1u;
 const HAS_RES = 8u;
 

@@ -579,6 +579,11 @@ function checkGlu(op: string, glu: Glu | undefined, act: Act | undefined, N: num
   return N / 2;
 }
 
+/** The Gemm's activation and GLU flag from a public op's options (glu applies its own activation). */
+function epilogueOf(opts: { act?: Act; glu?: Glu }): { act: Act; glu: boolean } {
+  return { act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none', glu: Boolean(opts.glu) };
+}
+
 function checkResidual(op: string, res: Tensor | undefined, outShape: readonly number[]): void {
   if (!res) return;
   checkF32(op, 'residual', res);
@@ -628,8 +633,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: opts.bias ? { t: opts.bias, off: 0 } : undefined,
     alpha: opts.alpha ?? 1,
-    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
-    glu: Boolean(opts.glu),
+    ...epilogueOf(opts),
     variant: pickVariant(dev, opts.variant),
   });
   return out;
@@ -678,8 +682,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor, opts: LinearOpt
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: bias ? { t: bias, off: 0 } : undefined,
     alpha: 1,
-    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
-    glu: Boolean(opts.glu),
+    ...epilogueOf(opts),
     variant: pickVariant(x.device, opts.variant),
   });
   return out;
@@ -719,8 +722,7 @@ export function gemv(x: Tensor, w: Tensor, bias?: Tensor, opts: GemvOptions = {}
     res: opts.residual ? { t: opts.residual, off: 0 } : undefined,
     bias: bias ? { t: bias, off: 0 } : undefined,
     alpha: 1,
-    act: opts.glu ? GLU_ACT[opts.glu] : opts.act ?? 'none',
-    glu: Boolean(opts.glu),
+    ...epilogueOf(opts),
     // The one-row register block of the cpu kernel is the gemv on every adapter except
     // when a variant is forced (tests).
     variant: variant === 'naive' ? 'naive' : opts.variant === 'gpu' ? 'gpu' : 'cpu',

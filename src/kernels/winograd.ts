@@ -9,7 +9,7 @@
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies); the direct kernel stays
 // the reference path and covers every other case.
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
-import { buildShader, dummy, matmul, maxBindingBytes, type Act } from './matmul.js';
+import { ACT_CODE, FLAG, buildShader, dummy, matmul, maxBindingBytes, type Act } from './matmul.js';
 
 /** Output tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
@@ -114,11 +114,11 @@ function winogradTiles(dev: Device, g: WinogradArgs, u: Tensor, co0: number, nco
       const biasF16 = g.bias?.dtype === 'f16';
       const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
-      const flags = (g.bias ? 1 : 0) | (g.residual ? 8 : 0);
+      const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
       dev.dispatch({
         label: `${g.label} winograd output`, family: 'winograd', pipeline,
-        uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', g.act === 'silu' ? 1 : 0], ['u', co0], ['u', Co]]),
+        uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
         bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
         workgroups: [nx, ny],
       });
