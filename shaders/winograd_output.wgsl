@@ -1,7 +1,8 @@
-// Winograd F(2x2, 3x3), output side: Y = A^T M A for every tile and four output channels,
-// from the batched matmul's 16 matrices M[e] (tiles, Co) of a chunk of Co output channels
-// starting at co0; then bias, activation (none or SiLU) and residual, stored into the
-// (B, CoAll, Ho, Wo) output (edge tiles clipped).
+// Winograd F(TM x TM, 3x3), output side: Y = A^T M A for every tile and four output channels,
+// from the batched matmul's TA * TA matrices M[e] (tiles, Co) of a chunk of Co output
+// channels starting at co0; then bias, activation (none or SiLU) and residual, stored into
+// the (B, CoAll, Ho, Wo) output (edge tiles clipped). The transform code is generated from A^T
+// by winograd.ts.
 struct P { B: u32, Co: u32, Ho: u32, Wo: u32, tx: u32, t0: u32, nt: u32, nx: u32, flags: u32, act: u32, co0: u32, CoAll: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> m: array<vec4<f32>>;
@@ -20,6 +21,7 @@ const HAS_BIAS = 1u;
 const HAS_RES = 8u;
 
 //#include winograd_tile
+const TA = {{TA}}u;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -29,31 +31,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let tile = tileOf(i, c4n, p.t0, p.tx, p.Ho);
   let plane = p.nt * c4n;
   let o = tile.tl * c4n + tile.c4;
-  var q: array<vec4<f32>, 16>;
-  for (var e = 0u; e < 16u; e++) { q[e] = m[e * plane + o]; }
-  // s = A^T q (2x4), A^T = [[1,1,1,0],[0,1,-1,-1]]
-  var s: array<vec4<f32>, 8>;
-  for (var c = 0u; c < 4u; c++) {
-    s[c] = q[c] + q[4u + c] + q[8u + c];
-    s[4u + c] = q[4u + c] - q[8u + c] - q[12u + c];
-  }
-  var y: array<vec4<f32>, 4>;
-  for (var r = 0u; r < 2u; r++) {
-    y[2u * r] = s[4u * r] + s[4u * r + 1u] + s[4u * r + 2u];
-    y[2u * r + 1u] = s[4u * r + 1u] - s[4u * r + 2u] - s[4u * r + 3u];
-  }
+  var q: array<vec4<f32>, {{TAA}}>;
+  for (var e = 0u; e < {{TAA}}u; e++) { q[e] = m[e * plane + o]; }
+  // y[TM * r + c]: output (TM ty + r, TM tx + c)
+  var y: array<vec4<f32>, {{TMM}}>;
+{{TRANSFORM}}
   var bv = vec4<f32>(0.0);
   if ((p.flags & HAS_BIAS) != 0u) {
     let co = p.co0 + 4u * tile.c4;
     bv = vec4<f32>(ldBias(co), ldBias(co + 1u), ldBias(co + 2u), ldBias(co + 3u));
   }
   let hw = p.Ho * p.Wo;
-  for (var r = 0u; r < 2u; r++) {
-    let oy = 2u * tile.ty + r;
-    for (var c = 0u; c < 2u; c++) {
-      let ox = 2u * tile.tx + c;
+  for (var r = 0u; r < TM; r++) {
+    let oy = TM * tile.ty + r;
+    for (var c = 0u; c < TM; c++) {
+      let ox = TM * tile.tx + c;
       if (oy < p.Ho && ox < p.Wo) {
-        var val = y[2u * r + c] + bv;
+        var val = y[TM * r + c] + bv;
         if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
         let base = (tile.b * p.CoAll + p.co0 + 4u * tile.c4) * hw + oy * p.Wo + ox;
         for (var k = 0u; k < 4u; k++) {

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, convVariants as variants, prepareConvWeight } from '../src/kernels/conv.js';
-import { setWinogradMinTiles } from '../src/kernels/winograd.js';
+import { setWinogradMinTiles, setWinogradTile, winogradTileFor } from '../src/kernels/winograd.js';
 import { setMaxBindingBytes, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 
@@ -74,6 +74,7 @@ describe('conv2d', () => {
   afterEach(() => {
     setMaxBindingBytes(undefined);
     setWinogradMinTiles(undefined);
+    setWinogradTile(undefined);
   });
 
   it('variants agree with the CPU reference on odd shapes', async () => {
@@ -156,32 +157,50 @@ describe('conv2d', () => {
     x.release();
   });
 
-  // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 16 output tiles (8x8) by
-  // Winograd F(2x2, 3x3) (src/kernels/winograd.ts); here from one tile on, so odd shapes
-  // reach it: edge tiles, batches, channels that are multiples of 4, fused epilogues.
-  it('cpu: the Winograd F(2x2, 3x3) path agrees with the CPU reference', async () => {
-    dev = await getDevice();
-    if (dev.kind !== 'cpu') return; // the path is lavapipe's ('cpu' adapters) only
-    setWinogradMinTiles(1);
-    const wino = (c: Case): Promise<number> => check('cpu', { pad: 1, ...c });
-    // weight, input, batched matmul, output: at least four dispatches, not the direct kernel's one
-    expect(await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' })).toBeGreaterThanOrEqual(4);
-    await wino({ B: 1, Ci: 4, Co: 4, H: 1, W: 1, k: 3 });
-    await wino({ B: 1, Ci: 16, Co: 32, H: 17, W: 5, k: 3, bias: true });
-    await wino({ B: 3, Ci: 12, Co: 8, H: 6, W: 7, k: 3, residual: true });
-    await wino({ B: 1, Ci: 320, Co: 8, H: 8, W: 8, k: 3, bias: true });
-    if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
-    // not taken (the direct kernel: its weight re-layout and the conv): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
-    expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);
-    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, act: 'quick_gelu' })).toBeLessThanOrEqual(2);
-    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, stride: 2 })).toBeLessThanOrEqual(2);
-    expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
+  // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 16 output 2x2 tiles (8x8) by
+  // Winograd F(2x2, 3x3), and with >= 64 4x4 tiles by F(4x4, 3x3) (src/kernels/winograd.ts);
+  // here from one tile on with each tile size forced, so odd shapes reach both: edge tiles,
+  // batches, channels that are multiples of 4, fused epilogues. Same tolerance as the direct
+  // kernel (1e-4 x max(1, |ref|)); F(4x4) loses ~4x more bits than F(2x2) but stays within it
+  // up to Ci = 320 here (and 2560 in bench: 5.6e-4 at |ref| 12).
+  for (const m of [2, 4] as const) {
+    it(`cpu: the Winograd F(${m}x${m}, 3x3) path agrees with the CPU reference`, async () => {
+      dev = await getDevice();
+      if (dev.kind !== 'cpu') return; // the path is lavapipe's ('cpu' adapters) only
+      setWinogradMinTiles(1);
+      setWinogradTile(m);
+      const wino = (c: Case): Promise<number> => check('cpu', { pad: 1, ...c });
+      // weight, input, batched matmul, output: at least four dispatches, not the direct kernel's one
+      expect(await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' })).toBeGreaterThanOrEqual(4);
+      await wino({ B: 1, Ci: 4, Co: 4, H: 1, W: 1, k: 3 });
+      await wino({ B: 1, Ci: 16, Co: 32, H: 17, W: 5, k: 3, bias: true });
+      await wino({ B: 3, Ci: 12, Co: 8, H: 6, W: 7, k: 3, residual: true });
+      await wino({ B: 1, Ci: 320, Co: 8, H: 8, W: 8, k: 3, bias: true });
+      await wino({ B: 1, Ci: 8, Co: 4, H: 13, W: 14, k: 3, act: 'silu' }); // 4x4 tiles cut by 1 and 2
+      if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
+      // not taken (the direct kernel: its weight re-layout and the conv): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
+      expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);
+      expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, act: 'quick_gelu' })).toBeLessThanOrEqual(2);
+      expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, stride: 2 })).toBeLessThanOrEqual(2);
+      expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
+    });
+  }
+
+  it('cpu: Winograd takes F(4x4, 3x3) from 64 4x4 tiles on, F(2x2, 3x3) below', () => {
+    expect(winogradTileFor(1, 32, 32)).toBe(4); // 64 tiles: the UNet's 32x32 and 64x64 levels
+    expect(winogradTileFor(2, 16, 16)).toBe(2); // 32 tiles: its 16x16 level with two classes
+    expect(winogradTileFor(4, 16, 16)).toBe(4);
+    expect(winogradTileFor(1, 29, 31)).toBe(4); // 8 x 8 tiles, edge tiles cut
+    expect(winogradTileFor(1, 28, 28)).toBe(2); // 7 x 7
+    setWinogradTile(2);
+    expect(winogradTileFor(1, 64, 64)).toBe(2);
   });
 
   it('cpu: Winograd goes in chunks of tiles and of output channels where its operands exceed one binding', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;
     setWinogradMinTiles(1);
+    setWinogradTile(2);
     // x and out (8 KiB) and U (4 KiB) fit a 12 KiB limit; V (16, 64 tiles, 8) = 32 KiB does not:
     // 24 tiles per chunk, three chunks of (input transform, matmul, output transform).
     setMaxBindingBytes(12288);
@@ -193,6 +212,11 @@ describe('conv2d', () => {
     // odd sizes, a batch of two: tiles of both images in one chunk sequence
     setMaxBindingBytes(16384);
     await check('cpu', { B: 2, Ci: 8, Co: 4, H: 15, W: 13, k: 3, pad: 1, bias: true, act: 'silu' });
+    // F(4x4): U (36, 16, 16) = 36 KiB against 16 KiB: four chunks of 4 output channels, each
+    // with V (36, 16 tiles, 16) = 36 KiB in three chunks of 7, 7 and 2 tiles: 4 x (1 + 3 x 3)
+    setWinogradTile(4);
+    setMaxBindingBytes(16384);
+    expect(await check('cpu', { B: 1, Ci: 16, Co: 16, H: 16, W: 15, k: 3, pad: 1, bias: true, residual: true, act: 'silu' })).toBe(40);
   });
 
   it('cpu: Winograd with a prepared (ci, ky, kx, co) weight equals the plain weight', async () => {

@@ -43,6 +43,8 @@ export interface MatmulOptions {
    */
   glu?: Glu;
   variant?: MatmulVariant;
+  /** Kernel family in profiles (default 'matmul'), e.g. 'winograd matmul'. */
+  family?: string;
 }
 
 /** Kernel variants of matmul / linear / gemv, for `doctor` and tests. */
@@ -204,6 +206,8 @@ export interface Gemm {
   variant: MatmulVariant;
   /** 'gemv' selects the one-row register block of the cpu kernel. */
   shape?: 'gemm' | 'gemv';
+  /** Kernel family in profiles (default 'matmul'). */
+  family?: string;
 }
 
 const dummies = new WeakMap<Device, Tensor>();
@@ -514,7 +518,7 @@ function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
       : [Math.ceil(c.N / tile[1]), Math.ceil(c.M / tile[0]), c.batch];
   dev.dispatch({
     label: g.label,
-    family: 'matmul',
+    family: g.family ?? 'matmul',
     pipeline,
     uniforms: u,
     bindings: [c.a.binding, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding],
@@ -542,7 +546,7 @@ function dispatchGluFinish(
   const d = dummy(dev).binding();
   dev.dispatch({
     label: `${g.label} glu`,
-    family: 'matmul',
+    family: g.family ?? 'matmul',
     pipeline,
     uniforms: u,
     bindings: [c.src.binding, d, d, c.res?.binding ?? d, c.out.binding],
@@ -635,6 +639,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     alpha: opts.alpha ?? 1,
     ...epilogueOf(opts),
     variant: pickVariant(dev, opts.variant),
+    family: opts.family,
   });
   return out;
 }

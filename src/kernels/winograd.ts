@@ -1,20 +1,94 @@
-// 3x3 convolution, stride 1, padding 1, by Winograd's F(2x2, 3x3): per 2x2 output tile the
-// 3x3 conv becomes 16 elementwise products in a transformed domain, which over all tiles and
-// channels are 16 independent matrix products (tiles, Ci) @ (Ci, Co): one batched matmul with
-// 2.25x fewer multiply-adds than the direct conv, run by the engine's fastest kernel.
+// 3x3 convolution, stride 1, padding 1, by Winograd's F(m x m, 3x3), m = 2 or 4: per m x m
+// output tile the 3x3 conv becomes a^2 elementwise products (a = m + 2) in a transformed
+// domain, which over all tiles and channels are a^2 independent matrix products
+// (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2) or 4x (m = 4) fewer
+// multiply-adds than the direct conv, run by the engine's fastest kernel.
 //   U[e] = G g G^T      (shaders/winograd_weight.wgsl, per call: cheap next to the conv)
 //   V[e] = B^T d B      (shaders/winograd_input.wgsl)
-//   M[e] = V[e] @ U[e]^T (matmul, batch 16)
+//   M[e] = V[e] @ U[e]^T (matmul, batch a^2)
 //   y    = A^T M A (+ bias, SiLU, residual)  (shaders/winograd_output.wgsl)
+// The transforms' arithmetic is generated from the matrices below (zero terms left out).
+// F(4x4, 3x3) (Lavin & Gray's points 0, +-1, +-2) is numerically weaker than F(2x2, 3x3)
+// (errors ~4x larger, still ~1e-6 relative in f32) and needs 4x4 tiles enough to fill the
+// matmul's rows, so small images take m = 2 (see winogradTile).
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies); the direct kernel stays
 // the reference path and covers every other case.
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
 import { ACT_CODE, FLAG, buildShader, dummy, matmul, maxBindingBytes, type Act } from './matmul.js';
 
-/** Output tiles below which the direct kernel is used (per-call weight transform dominates). */
+/** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
 let minTiles = DEFAULT_MIN_TILES;
 const ENABLED = process.env.ELBO_WINOGRAD !== '0';
+/**
+ * 4x4 tiles from which F(4x4, 3x3) is used; ELBO_WINOGRAD_TILE=2 or 4 forces one size.
+ * Measured (lavapipe, f32, equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at
+ * 64x64 26 -> 39, 640->640 at 32x32 23 -> 41; 1280->1280 at 16x16 (16 tiles) 33 -> 20,
+ * 2560->1280 at 16x16 23 -> 18 (U's a^2 Co Ci per-call transform and short matmuls).
+ */
+const MIN_TILES_4 = 64;
+let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
+
+/** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
+export function setWinogradTile(m: 2 | 4 | undefined): void {
+  forcedTile = m;
+}
+
+/** One Winograd algorithm F(m x m, 3x3): its transform matrices (a = m + 2). */
+interface Algo { m: number; a: number; BT: number[][]; G: number[][]; AT: number[][] }
+const F2: Algo = {
+  m: 2, a: 4,
+  BT: [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+  G: [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+  AT: [[1, 1, 1, 0], [0, 1, -1, -1]],
+};
+const F4: Algo = {
+  m: 4, a: 6,
+  BT: [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+  G: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+  AT: [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+};
+
+/** WGSL for sum_k c[k] * term(k), zero terms left out, unit coefficients without a product. */
+function lin(c: number[], term: (k: number) => string): string {
+  let s = '';
+  c.forEach((v, k) => {
+    if (v === 0) return;
+    const mag = Math.abs(v) === 1 ? term(k) : `${Number.isInteger(v) ? Math.abs(v).toFixed(1) : String(Math.abs(v))} * ${term(k)}`;
+    s += s ? ` ${v < 0 ? '-' : '+'} ${mag}` : `${v < 0 ? '-' : ''}${mag}`;
+  });
+  return s;
+}
+
+/** Y = L X R^T for L (r, n), X (n, n) named x(i, j), R (c, n): WGSL statements, row sums first. */
+function sandwich(L: number[][], R: number[][], x: (i: number, j: number) => string, store: (i: number, j: number, expr: string) => string, n: number): string {
+  const lines: string[] = [];
+  L.forEach((row, i) => {
+    for (let j = 0; j < n; j++) lines.push(`  let s${i}_${j} = ${lin(row, (k) => x(k, j))};`);
+    R.forEach((rrow, j) => lines.push(`  ${store(i, j, lin(rrow, (k) => `s${i}_${k}`))}`));
+  });
+  return lines.join('\n');
+}
+
+function transformCode(al: Algo, side: 'input' | 'output' | 'weight'): string {
+  const { a, m, BT, G, AT } = al;
+  if (side === 'input') return sandwich(BT, BT, (i, j) => `d[${a * i + j}]`, (i, j, e) => `v[${a * i + j}u * plane + o] = ${e};`, a);
+  if (side === 'output') return sandwich(AT, AT, (i, j) => `q[${a * i + j}]`, (i, j, e) => `y[${m * i + j}] = ${e};`, a);
+  return sandwich(G, G, (i, j) => `g[${3 * i + j}]`, (i, j, e) => `u[${a * i + j}u * plane + i] = ${e};`, 3);
+}
+
+function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Record<string, boolean>): string {
+  return buildShader(`winograd_${side}`, defines, { TM: al.m, TA: al.a, TAA: al.a * al.a, TMM: al.m * al.m, TRANSFORM: transformCode(al, side) });
+}
+
+/** The output tile size m of F(m x m, 3x3) for a (B, *, H, W) input (see MIN_TILES_4). */
+export function winogradTileFor(B: number, H: number, W: number): 2 | 4 {
+  return forcedTile ?? (B * Math.ceil(H / 4) * Math.ceil(W / 4) >= MIN_TILES_4 ? 4 : 2);
+}
+
+function winogradAlgo(B: number, H: number, W: number): Algo {
+  return winogradTileFor(B, H, W) === 4 ? F4 : F2;
+}
 
 /** Tests: take the Winograd path from `n` tiles on (Infinity: never; undefined: the default). */
 export function setWinogradMinTiles(n: number | undefined): void {
@@ -49,44 +123,47 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
   if (Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W) * 4 > lim) return false;
-  const coc = coPerChunk(lim, a.Ci, a.Co);
-  return coc >= 4 && tilesPerChunk(lim, a.Ci, coc) >= 1;
+  const aa = winogradAlgo(a.B, a.H, a.W).a ** 2;
+  const coc = coPerChunk(lim, aa, a.Ci, a.Co);
+  return coc >= 4 && tilesPerChunk(lim, aa, a.Ci, coc) >= 1;
 }
 
-/** Output channels per chunk (a multiple of 4) so that U (16, Co, Ci) fits one binding. */
-function coPerChunk(lim: number, Ci: number, Co: number): number {
-  return Math.min(Co, Math.floor(lim / (16 * 4 * Ci) / 4) * 4);
+/** Output channels per chunk (a multiple of 4) so that U (aa, Co, Ci) fits one binding. */
+function coPerChunk(lim: number, aa: number, Ci: number, Co: number): number {
+  return Math.min(Co, Math.floor(lim / (aa * 4 * Ci) / 4) * 4);
 }
 
-/** Tiles per chunk so that V (16, tiles, Ci) and M (16, tiles, Co) each fit one binding. */
-function tilesPerChunk(lim: number, Ci: number, Co: number): number {
-  return Math.floor(lim / (16 * 4 * Math.max(Ci, Co)));
+/** Tiles per chunk so that V (aa, tiles, Ci) and M (aa, tiles, Co) each fit one binding. */
+function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number {
+  return Math.floor(lim / (aa * 4 * Math.max(Ci, Co)));
 }
 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
-  const tiles = B * Math.ceil(W / 2) * Math.ceil(H / 2);
-  // Per chunk of output channels: U (16, Coc, Ci); per chunk of tiles: V and M. One chunk
-  // of each in the UNet except its 2560-channel inputs (U would be 210 MB).
+  const al = winogradAlgo(B, H, W);
+  const aa = al.a * al.a;
+  const tiles = B * Math.ceil(W / al.m) * Math.ceil(H / al.m);
+  // Per chunk of output channels: U (aa, Coc, Ci); per chunk of tiles: V and M. One chunk
+  // of each in the UNet except its 2560-channel inputs (U would be 210 MB at m = 2).
   const lim = maxBindingBytes(dev);
-  const coc = coPerChunk(lim, Ci, Co);
-  const per = Math.min(tiles, tilesPerChunk(lim, Ci, coc));
+  const coc = coPerChunk(lim, aa, Ci, Co);
+  const per = Math.min(tiles, tilesPerChunk(lim, aa, Ci, coc));
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
-    const u = Tensor.empty(dev, [16, nco, Ci], 'f32', 'winograd U');
+    const u = Tensor.empty(dev, [aa, nco, Ci], 'f32', 'winograd U');
     try {
       const [sCo, sCi, sTap] = g.wStrides;
       {
-        const pipeline = dev.pipeline(`winograd_weight:${w.dtype}`, () => buildShader('winograd_weight', { F16: f16 }));
+        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}`, () => winoShader(al, 'weight', { F16: f16 }));
         const [nx, ny] = grid1d(Math.ceil((nco * Ci) / 64));
         dev.dispatch({
-          label: `${g.label} winograd weight`, family: 'winograd', pipeline,
+          label: `${g.label} winograd weight`, family: 'winograd weight', pipeline,
           uniforms: uniforms([['u', nco], ['u', Ci], ['u', nx], ['u', co0 * sCo], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),
           bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
         });
       }
-      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, u, co0, nco, t0, Math.min(per, tiles - t0));
+      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, al, u, co0, nco, t0, Math.min(per, tiles - t0));
     } finally {
       u.release();
     }
@@ -94,30 +171,30 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
 }
 
 /** Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels [co0, co0 + nco). */
-function winogradTiles(dev: Device, g: WinogradArgs, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
+function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
   const { x, out, B, Ci, Co, H, W } = g;
-  const tx = Math.ceil(W / 2);
-  const v = Tensor.empty(dev, [16, nt, Ci], 'f32', 'winograd V');
+  const tx = Math.ceil(W / al.m);
+  const v = Tensor.empty(dev, [al.a * al.a, nt, Ci], 'f32', 'winograd V');
   let m: Tensor | undefined;
   try {
     {
-      const pipeline = dev.pipeline('winograd_input', () => buildShader('winograd_input', {}));
+      const pipeline = dev.pipeline(`winograd_input:${al.m}`, () => winoShader(al, 'input', {}));
       const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
-        label: `${g.label} winograd input`, family: 'winograd', pipeline,
+        label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
         bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
-    m = matmul(v, u, { transB: true, variant: 'cpu' }); // (16, nt, nco)
+    m = matmul(v, u, { transB: true, variant: 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${biasF16 ? 'b16' : 'b32'}`, () => buildShader('winograd_output', { BIAS_F16: biasF16 }));
+      const pipeline = dev.pipeline(`winograd_output:${al.m}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
       dev.dispatch({
-        label: `${g.label} winograd output`, family: 'winograd', pipeline,
+        label: `${g.label} winograd output`, family: 'winograd output', pipeline,
         uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
         bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
         workgroups: [nx, ny],
