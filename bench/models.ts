@@ -108,6 +108,22 @@ export function unetFlops(c: UNetConfig, side: number, ctxLen = 77): number {
   return f;
 }
 
+/** Runs `run` once under GPU timestamps (where the adapter has them) and prints time per kernel family. */
+export async function printProfile(dev: Device, what: string, run: () => void): Promise<void> {
+  if (!dev.features.timestamp) {
+    console.log(`profile: this adapter lacks timestamp-query; no profile of ${what}`);
+    return;
+  }
+  dev.startProfile();
+  run();
+  const prof = await dev.stopProfile();
+  const total = [...prof.values()].reduce((a, b) => a + b.ms, 0);
+  console.log(`profile of ${what} (GPU timestamps, ${total.toFixed(0)} ms in kernels):`);
+  for (const [fam, v] of [...prof.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
+    console.log(`  ${fam.padEnd(16)} ${v.ms.toFixed(1).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${String(v.count).padStart(5)} dispatches`);
+  }
+}
+
 async function timeIt(dev: Device, runs: number, fn: () => void): Promise<number> {
   const times: number[] = [];
   for (let i = 0; i < runs; i++) {
@@ -156,16 +172,7 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
     await dev.sync();
   }
   dev.resetPeak();
-  if (o.profile && dev.features.timestamp) {
-    dev.startProfile();
-    run();
-    const prof = await dev.stopProfile();
-    const total = [...prof.values()].reduce((a, b) => a + b.ms, 0);
-    console.log(`profile of one UNet forward (GPU timestamps, ${total.toFixed(0)} ms in kernels):`);
-    for (const [fam, v] of [...prof.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
-      console.log(`  ${fam.padEnd(16)} ${v.ms.toFixed(1).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${String(v.count).padStart(5)} dispatches`);
-    }
-  }
+  if (o.profile) await printProfile(dev, 'one UNet forward', run);
   const seconds = await timeIt(dev, o.runs, run);
   const flops = unetFlops(config, side) * B;
   return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), load_seconds: loadSeconds };

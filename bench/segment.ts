@@ -10,7 +10,7 @@ import { CLIPTokenizer } from '../src/models/tokenizer.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
 import { RandomWeights, type WeightLoader } from '../src/models/weights.js';
-import { CLIP_L_TEXT, SD15_UNET, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
+import { CLIP_L_TEXT, SD15_UNET, printProfile, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
 
 /** SD 1.5's vae/config.json. */
 export const SD15_VAE = {
@@ -67,6 +67,7 @@ export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<Model
   run();
   await dev.sync();
   dev.resetPeak();
+  if (o.profile) await printProfile(dev, 'one VAE encode', run);
   const times: number[] = [];
   for (let i = 0; i < o.runs; i++) {
     const t0 = performance.now();
