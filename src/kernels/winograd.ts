@@ -9,7 +9,7 @@
 //   y    = A^T M A (+ bias, SiLU, residual)  (shaders/winograd_output.wgsl)
 // The transforms' arithmetic is generated from the matrices below (zero terms left out).
 // F(4x4, 3x3) (Lavin & Gray's points 0, +-1, +-2) is numerically weaker than F(2x2, 3x3)
-// (errors ~4x larger, still ~1e-6 relative in f32) and needs 4x4 tiles enough to fill the
+// (errors ~7x larger: ~1e-5 of max|out| in f32 at 320 channels, 4.5e-5 at 2560) and needs enough 4x4 tiles to fill the
 // matmul's rows, so small images take m = 2 (see winogradTile).
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies); the direct kernel stays
 // the reference path and covers every other case.
@@ -23,10 +23,12 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 /**
  * 4x4 tiles from which F(4x4, 3x3) is used; ELBO_WINOGRAD_TILE=2 or 4 forces one size.
  * Measured (lavapipe, f32, equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at
- * 64x64 26 -> 39, 640->640 at 32x32 23 -> 41; 1280->1280 at 16x16 (16 tiles) 33 -> 20,
- * 2560->1280 at 16x16 23 -> 18 (U's a^2 Co Ci per-call transform and short matmuls).
+ * 64x64 26 -> 39, 640->640 at 32x32 23 -> 41; at 16x16 with prepared weights (ms, median of
+ * 4, two runs): batch 2 (32 tiles) 1280->1280 960/697 -> 526/462, 1920->1280 1035/976 ->
+ * 677/833, 2560->1280 1309/1503 -> 1142/1266; batch 1 (16 tiles) 1280->1280 400/382 ->
+ * 438/432 (U's a^2 Co Ci per-call transform and short matmuls).
  */
-const MIN_TILES_4 = 64;
+const MIN_TILES_4 = 32;
 let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
 
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
