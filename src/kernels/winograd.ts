@@ -8,9 +8,9 @@
 //   M[e] = V[e] @ U[e]^T (matmul, batch a^2)
 //   y    = A^T M A (+ bias, SiLU, residual)  (shaders/winograd_output.wgsl)
 // The transforms' arithmetic is generated from the matrices below (zero terms left out).
-// F(4x4, 3x3) (Lavin & Gray's points 0, +-1, +-2) is numerically weaker than F(2x2, 3x3)
-// (errors ~7x larger: ~1e-5 of max|out| in f32 at 320 channels, 4.5e-5 at 2560) and needs enough 4x4 tiles to fill the
-// matmul's rows, so small images take m = 2 (see winogradTile).
+// F(4x4, 3x3) is numerically weaker than F(2x2, 3x3) (errors several times larger, see F4)
+// and needs enough 4x4 tiles to fill the matmul's rows, so small images take m = 2 (see
+// winogradTileFor).
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies); the direct kernel stays
 // the reference path and covers every other case.
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
@@ -21,14 +21,15 @@ const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
 let minTiles = DEFAULT_MIN_TILES;
 const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 /**
- * 4x4 tiles from which F(4x4, 3x3) is used; ELBO_WINOGRAD_TILE=2 or 4 forces one size.
- * Measured (lavapipe, f32, equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at
- * 64x64 26 -> 39, 640->640 at 32x32 23 -> 41; at 16x16 with prepared weights (ms, median of
- * 4, two runs): batch 2 (32 tiles) 1280->1280 960/697 -> 526/462, 1920->1280 1035/976 ->
- * 677/833, 2560->1280 1309/1503 -> 1142/1266; batch 1 (16 tiles) 1280->1280 400/382 ->
- * 438/432 (U's a^2 Co Ci per-call transform and short matmuls).
+ * 4x4 tiles per image from which F(4x4, 3x3) is used (32x32 images and up: the UNet's 64x64
+ * and 32x32 levels); ELBO_WINOGRAD_TILE=2 or 4 forces one size. Measured (lavapipe, f32,
+ * equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at 64x64 26 -> 39, 640->640
+ * at 32x32 23 -> 41. At 16x16 F(4x4) is faster from two images on (batch 2, prepared
+ * weights, ms: 1280->1280 960 -> 526, 2560->1280 1309 -> 1142) but not taken: through the
+ * attention softmax its larger rounding error moved a self-attention map of the sd21-tiny
+ * golden UNet (16x16 latents, CFG batch) by 3.6e-4, above that test's 2e-4.
  */
-const MIN_TILES_4 = 32;
+const MIN_TILES_4 = 64;
 let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
 
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
@@ -38,18 +39,36 @@ export function setWinogradTile(m: 2 | 4 | undefined): void {
 
 /** One Winograd algorithm F(m x m, 3x3): its transform matrices (a = m + 2). */
 interface Algo { m: number; a: number; BT: number[][]; G: number[][]; AT: number[][] }
-const F2: Algo = {
-  m: 2, a: 4,
-  BT: [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-  G: [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
-  AT: [[1, 1, 1, 0], [0, 1, -1, -1]],
-};
-const F4: Algo = {
-  m: 4, a: 6,
-  BT: [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-  G: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
-  AT: [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-};
+
+/**
+ * The Toom-Cook construction of F(m, 3) from m + 1 finite interpolation points and infinity:
+ * A^T[i][j] = p_j^i, G[j][k] = p_j^k / prod_{l != j} (p_j - p_l), B^T[j] = the coefficients of
+ * prod_{l != j} (x - p_l) (and of prod_l (x - p_l) for infinity); y = A^T [(G g) * (B^T d)]
+ * is the 1-D correlation of d with g, and nesting it gives the 2-D one.
+ */
+function toomCook(p: number[]): Algo {
+  const m = p.length - 1;
+  const a = m + 2;
+  const poly = (roots: number[]): number[] =>
+    roots.reduce((c, r) => {
+      const o = new Array<number>(c.length + 1).fill(0);
+      c.forEach((v, k) => {
+        o[k + 1]! += v;
+        o[k]! -= r * v;
+      });
+      return o;
+    }, [1]);
+  const pad = (c: number[]): number[] => [...c, ...new Array<number>(a - c.length).fill(0)];
+  const AT = Array.from({ length: m }, (_, i) => [...p.map((x) => x ** i), i === m - 1 ? 1 : 0]);
+  const G = [...p.map((pj, j) => [0, 1, 2].map((k) => pj ** k / p.reduce((d, pl, l) => (l === j ? d : d * (pj - pl)), 1))), [0, 0, 1]];
+  const BT = [...p.map((_, j) => pad(poly(p.filter((__, l) => l !== j)))), poly(p)];
+  return { m, a, BT, G, AT };
+}
+const F2 = toomCook([0, 1, -1]);
+// Points 0, +-1, 1/2, -2 rather than Lavin & Gray's 0, +-1, +-2: the same cost, and in an
+// f32 simulation of 320-channel tiles a 4x smaller worst error (2.7e-5 vs 1.1e-4 at weights
+// 0.05 randn; F(2x2) 4.1e-6).
+const F4 = toomCook([0, 1, -1, 0.5, -2]);
 
 /** WGSL for sum_k c[k] * term(k), zero terms left out, unit coefficients without a product. */
 function lin(c: number[], term: (k: number) => string): string {
@@ -84,12 +103,12 @@ function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Reco
 }
 
 /** The output tile size m of F(m x m, 3x3) for a (B, *, H, W) input (see MIN_TILES_4). */
-export function winogradTileFor(B: number, H: number, W: number): 2 | 4 {
-  return forcedTile ?? (B * Math.ceil(H / 4) * Math.ceil(W / 4) >= MIN_TILES_4 ? 4 : 2);
+export function winogradTileFor(H: number, W: number): 2 | 4 {
+  return forcedTile ?? (Math.ceil(H / 4) * Math.ceil(W / 4) >= MIN_TILES_4 ? 4 : 2);
 }
 
-function winogradAlgo(B: number, H: number, W: number): Algo {
-  return winogradTileFor(B, H, W) === 4 ? F4 : F2;
+function winogradAlgo(H: number, W: number): Algo {
+  return winogradTileFor(H, W) === 4 ? F4 : F2;
 }
 
 /** Tests: take the Winograd path from `n` tiles on (Infinity: never; undefined: the default). */
@@ -125,7 +144,7 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
   if (Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W) * 4 > lim) return false;
-  const aa = winogradAlgo(a.B, a.H, a.W).a ** 2;
+  const aa = winogradAlgo(a.H, a.W).a ** 2;
   const coc = coPerChunk(lim, aa, a.Ci, a.Co);
   return coc >= 4 && tilesPerChunk(lim, aa, a.Ci, coc) >= 1;
 }
@@ -143,7 +162,7 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
-  const al = winogradAlgo(B, H, W);
+  const al = winogradAlgo(H, W);
   const aa = al.a * al.a;
   const tiles = B * Math.ceil(W / al.m) * Math.ceil(H / al.m);
   // Per chunk of output channels: U (aa, Coc, Ci); per chunk of tiles: V and M. One chunk
