@@ -196,6 +196,29 @@ describe('conv2d', () => {
     expect(winogradTileFor(64, 64)).toBe(2);
   });
 
+  // Strided convs on 'cpu' (f32 weights, Ci * kh * kw a multiple of 4): im2col patches in
+  // chunks of output pixels, then one matmul per chunk with the bias indexed by row.
+  it('cpu: strided convs go through im2col + matmul, in chunks of output pixels', async () => {
+    dev = await getDevice();
+    if (dev.kind !== 'cpu') return;
+    const families = async (c: Case): Promise<string[]> => {
+      dev.startProfile();
+      await check('cpu', c);
+      return [...(await dev.stopProfile()).keys()].sort();
+    };
+    // the VAE / UNet downsampler: pad (0, 1, 0, 1), stride 2; plus batch, residual, SiLU
+    expect(await families({ B: 2, Ci: 8, Co: 12, H: 17, W: 15, k: 3, stride: 2, pad: [0, 1, 0, 1], bias: true, residual: true, act: 'silu' })).toEqual(['im2col', 'im2col matmul']);
+    expect(await families({ B: 1, Ci: 4, Co: 8, H: 10, W: 9, k: 4, stride: 3, pad: 1, bias: true })).toEqual(['im2col', 'im2col matmul']);
+    // patch rows of K = 36 floats (144 B) against a 4 KiB binding: 28 pixels per chunk, 2 chunks
+    setMaxBindingBytes(4096);
+    expect(await check('cpu', { B: 1, Ci: 4, Co: 4, H: 13, W: 11, k: 3, stride: 2, pad: 1, bias: true, residual: true })).toBe(4);
+    setMaxBindingBytes(undefined);
+    // not taken: K not a multiple of 4 (the VAE's conv_in has Ci = 3), f16 weights, stride 1
+    expect(await families({ B: 1, Ci: 3, Co: 8, H: 9, W: 9, k: 3, stride: 2, pad: 1 })).not.toContain('im2col');
+    if (dev.hasF16) expect(await families({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, stride: 2, pad: 1, f16: true })).not.toContain('im2col');
+    expect(await families({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).not.toContain('im2col');
+  });
+
   it('cpu: Winograd goes in chunks of tiles and of output channels where its operands exceed one binding', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;

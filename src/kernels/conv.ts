@@ -11,6 +11,7 @@
 // last one.
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
 import { conv3x3Winograd, winogradApplies } from './winograd.js';
+import { convIm2col, im2colApplies } from './im2col.js';
 import {
   ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
   type Act, type MatmulVariant,
@@ -215,6 +216,12 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
+  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype })) {
+    // k = (ci, ky, kx): prepared (ci, ky, kx, co) weights have co stride 1, plain ones K
+    const wStrides: [number, number] = isPrep ? [1, Co] : [Ci * kh * kw, 1];
+    convIm2col(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
+    return out;
+  }
   if (variant === 'cpu' && winogradApplies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
     // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
     const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];

@@ -208,6 +208,8 @@ export interface Gemm {
   shape?: 'gemm' | 'gemv';
   /** Kernel family in profiles (default 'matmul'). */
   family?: string;
+  /** The bias is indexed by the output row m (a conv's output channel) instead of n. */
+  biasRow?: boolean;
 }
 
 const dummies = new WeakMap<Device, Tensor>();
@@ -441,7 +443,7 @@ export function runGemm(dev: Device, g: Gemm): void {
                 b: wb,
                 out: ws ? { binding: ws.binding, off: ws.off + c0 - n0 } : wo,
                 res: ws ? undefined : wr,
-                biasOff: g.bias ? g.bias.off + c0 : 0,
+                biasOff: g.bias ? g.bias.off + (g.biasRow ? m0 : c0) : 0,
                 accum: Boolean(g.accum) || !first,
                 bias: first && Boolean(g.bias),
                 final: last && !ws,
@@ -502,7 +504,7 @@ interface Chunk {
 function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
   if (g.glu && (c.accum || !c.final)) throw new GpuError(`${g.label}: internal: a GLU dispatch must be one final chunk`);
   const { pipeline, tile } = pipelineFor(dev, g, c);
-  const flags = (c.bias ? 1 : 0) | (c.accum ? 2 : 0) | (c.final ? 4 : 0) | (c.final && c.res ? 8 : 0);
+  const flags = (c.bias ? FLAG.BIAS | (g.biasRow ? FLAG.BIAS_ROW : 0) : 0) | (c.accum ? FLAG.ACCUM : 0) | (c.final ? FLAG.FINAL : 0) | (c.final && c.res ? FLAG.RES : 0);
   const u = gemmUniforms({
     M: c.M, N: c.N, K: c.K,
     aOff: c.a.off, aRs: g.a.rs, aCs: g.a.cs, aBs: g.a.bs,

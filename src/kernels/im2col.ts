@@ -1,0 +1,80 @@
+// Strided convs on lavapipe as im2col + matmul: for a chunk of output pixels, the kh x kw
+// input patches are copied into rows of K = Ci * kh * kw values (shaders/im2col.wgsl), then
+//   out[b] (Co, pixels) = W (Co, K) @ col^T
+// runs on the matmul kernel's fastest path (b read along K and shared by the lanes, SG_B;
+// the prepared (ci, ky, kx, co) weight read as a transposed a). The direct kernel does the
+// same arithmetic at ~7-9 GFLOP/s on the VAE's and UNet's stride-2 downsamplers; this path
+// pays one extra write and read of the patches (9x the input, in chunks of COL_BYTES).
+import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
+import { buildShader, maxBindingBytes, runGemm, windowFor, type Act, type Operand } from './matmul.js';
+
+const ENABLED = process.env.ELBO_IM2COL !== '0';
+/** Bytes of one chunk of patch rows (a cap on the extra memory). */
+const COL_BYTES = 32 * 2 ** 20;
+
+export interface Im2colArgs {
+  x: Tensor; // (B, Ci, H, W) f32
+  w: Tensor; // f32 weight data
+  /** element strides of co and of k = (ci, ky, kx) in w: prepared [1, Co], plain [K, 1] */
+  wStrides: [number, number];
+  out: Tensor; // (B, Co, Ho, Wo) f32
+  bias?: Tensor;
+  residual?: Tensor;
+  act: Act;
+  B: number; Ci: number; Co: number; H: number; W: number; Ho: number; Wo: number;
+  kh: number; kw: number; stride: number; pt: number; pl: number;
+  label: string;
+}
+
+/**
+ * Whether conv2d's 'cpu' variant takes im2col + matmul: strides of 2 and more with a
+ * kernel larger than 1x1, f32 weights (the matmul kernel reads its a operand as f32),
+ * K = Ci kh kw a multiple of 4, one image of x within one storage binding.
+ */
+export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string }): boolean {
+  if (!ENABLED || dev.kind !== 'cpu' || a.stride < 2 || a.kh * a.kw < 2 || a.wDtype !== 'f32') return false;
+  const K = a.Ci * a.kh * a.kw;
+  return K % 4 === 0 && a.Ci * a.H * a.W * 4 <= maxBindingBytes(dev) && K * 4 * 4 <= Math.min(COL_BYTES, maxBindingBytes(dev));
+}
+
+export function convIm2col(dev: Device, g: Im2colArgs): void {
+  const { x, out, B, Ci, Co, H, W, Ho, Wo, kh, kw } = g;
+  const K = Ci * kh * kw;
+  const P = Ho * Wo;
+  // pixels per chunk: a multiple of 4 (the matmul's b rows stay vec4-aligned)
+  const per = Math.max(4, Math.floor(Math.min(COL_BYTES, maxBindingBytes(dev)) / (K * 4) / 4) * 4);
+  const col = Tensor.empty(dev, [Math.min(per, P), K], 'f32', 'im2col patches');
+  try {
+    const pipeline = dev.pipeline('im2col', () => buildShader('im2col', {}));
+    const [wCo, wK] = g.wStrides;
+    for (let b = 0; b < B; b++) {
+      const xs = windowFor(dev, x, b * Ci * H * W, (b + 1) * Ci * H * W - 1);
+      for (let n0 = 0; n0 < P; n0 += per) {
+        const nn = Math.min(per, P - n0);
+        const [nx, ny] = grid1d(Math.ceil((nn * (K / 4)) / 64));
+        dev.dispatch({
+          label: `${g.label} im2col`, family: 'im2col', pipeline,
+          uniforms: uniforms([['u', Ci], ['u', H], ['u', W], ['u', Wo], ['u', kh], ['u', kw], ['u', g.stride], ['u', g.pt], ['u', g.pl], ['u', n0], ['u', nn], ['u', K / 4], ['u', xs.off], ['u', nx], ['u', 0], ['u', 0]]),
+          bindings: [xs.binding, col.binding()], workgroups: [nx, ny],
+        });
+        const o: Operand = { t: out, off: b * Co * P + n0, rs: P, cs: 1, bs: 0 };
+        runGemm(dev, {
+          label: `${g.label} im2col matmul`,
+          family: 'im2col matmul',
+          M: Co, N: nn, K, batch: 1,
+          a: { t: g.w, off: 0, rs: wCo, cs: wK, bs: 0 },
+          b: { t: col, off: 0, rs: 1, cs: K, bs: 0 },
+          out: o,
+          res: g.residual ? { t: g.residual, off: o.off } : undefined,
+          bias: g.bias ? { t: g.bias, off: 0 } : undefined,
+          biasRow: true,
+          alpha: 1,
+          act: g.act,
+          variant: 'cpu',
+        });
+      }
+    }
+  } finally {
+    col.release();
+  }
+}
