@@ -5,7 +5,15 @@
 // The transform code is generated from B^T by winograd.ts (zero terms left out).
 struct P { B: u32, Ci: u32, H: u32, W: u32, tx: u32, t0: u32, nt: u32, nx: u32, xOff: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
+//#if IN_V4
+// TM = 4 and W % 4 == 0: each patch row is x[4 tx - 1], one aligned vec4, x[4 tx + 4]
+// (xs: the same buffer as scalars, for the two edge values: cheaper than a vec4 load)
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> xs: array<f32>;
+fn ldx(i: u32) -> f32 { return xs[i]; }
+//#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+//#endif
 @group(0) @binding(2) var<storage, read_write> v: array<vec4<f32>>;
 
 //#include winograd_tile
@@ -21,6 +29,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let cb = p.xOff + (tile.b * p.Ci + 4u * tile.c4) * hw;
   // d[TA * r + c]: input pixel (TM ty - 1 + r, TM tx - 1 + c) of the four channels
   var d: array<vec4<f32>, {{TAA}}>;
+//#if IN_V4
+  let x0 = TM * tile.tx;
+  for (var r = 0u; r < TA; r++) {
+    let y = i32(TM * tile.ty + r) - 1;
+    for (var k = 0u; k < 4u; k++) {
+      var left = 0.0;
+      var mid = vec4<f32>(0.0);
+      var right = 0.0;
+      if (y >= 0 && y < i32(p.H)) {
+        let o = cb + k * hw + u32(y) * p.W + x0;
+        mid = x[o >> 2u];
+        if (x0 > 0u) { left = ldx(o - 1u); }
+        if (x0 + 4u < p.W) { right = ldx(o + 4u); }
+      }
+      d[TA * r][k] = left;
+      d[TA * r + 1u][k] = mid.x;
+      d[TA * r + 2u][k] = mid.y;
+      d[TA * r + 3u][k] = mid.z;
+      d[TA * r + 4u][k] = mid.w;
+      d[TA * r + 5u][k] = right;
+    }
+  }
+//#else
   for (var r = 0u; r < TA; r++) {
     let y = i32(TM * tile.ty + r) - 1;
     for (var c = 0u; c < TA; c++) {
@@ -33,6 +64,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       }
     }
   }
+//#endif
   let plane = p.nt * c4n;
   let o = tile.tl * c4n + tile.c4;
 {{TRANSFORM}}

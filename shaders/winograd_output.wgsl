@@ -13,8 +13,14 @@ fn ldBias(i: u32) -> f32 { return unpack2x16float(bias[i >> 1u])[i & 1u]; }
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 fn ldBias(i: u32) -> f32 { return bias[i]; }
 //#endif
+//#if OUT_V4
+// TM = 4 and Wo % 4 == 0: each tile row of a channel is one aligned vec4
+@group(0) @binding(3) var<storage, read> res: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+//#else
 @group(0) @binding(3) var<storage, read> res: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+//#endif
 
 // flags and act codes as matmul.ts FLAG / ACT_CODE (winogradApplies admits act none or silu)
 const HAS_BIAS = 1u;
@@ -42,6 +48,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     bv = vec4<f32>(ldBias(co), ldBias(co + 1u), ldBias(co + 2u), ldBias(co + 3u));
   }
   let hw = p.Ho * p.Wo;
+//#if OUT_V4
+  for (var r = 0u; r < TM; r++) {
+    let oy = TM * tile.ty + r;
+    if (oy < p.Ho) {
+      for (var k = 0u; k < 4u; k++) {
+        var val = vec4<f32>(y[TM * r][k], y[TM * r + 1u][k], y[TM * r + 2u][k], y[TM * r + 3u][k]) + vec4<f32>(bv[k]);
+        if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
+        let o = ((tile.b * p.CoAll + p.co0 + 4u * tile.c4 + k) * hw + oy * p.Wo + TM * tile.tx) >> 2u;
+        if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
+        out[o] = val;
+      }
+    }
+  }
+//#else
   for (var r = 0u; r < TM; r++) {
     let oy = TM * tile.ty + r;
     for (var c = 0u; c < TM; c++) {
@@ -58,4 +78,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       }
     }
   }
+//#endif
 }

@@ -177,6 +177,9 @@ describe('conv2d', () => {
       await wino({ B: 3, Ci: 12, Co: 8, H: 6, W: 7, k: 3, residual: true });
       await wino({ B: 1, Ci: 320, Co: 8, H: 8, W: 8, k: 3, bias: true });
       await wino({ B: 1, Ci: 8, Co: 4, H: 13, W: 14, k: 3, act: 'silu' }); // 4x4 tiles cut by 1 and 2
+      // W % 4 == 0: F(4x4) reads and writes each tile row as one vec4 (rows still cut at H = 10)
+      await wino({ B: 2, Ci: 8, Co: 8, H: 10, W: 12, k: 3, bias: true, residual: true, act: 'silu' });
+      await wino({ B: 1, Ci: 4, Co: 4, H: 4, W: 4, k: 3, residual: true });
       if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
       // not taken (the direct kernel: its weight re-layout and the conv): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
       expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);

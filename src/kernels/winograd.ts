@@ -195,22 +195,24 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
 function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
   const { x, out, B, Ci, Co, H, W } = g;
   const tx = Math.ceil(W / al.m);
+  // 4x4 tiles on rows of a multiple of 4: each tile row is an aligned vec4 of x and of out
+  const v4 = al.m === 4 && W % 4 === 0;
   const v = Tensor.empty(dev, [al.a * al.a, nt, Ci], 'f32', 'winograd V');
   let m: Tensor | undefined;
   try {
     {
-      const pipeline = dev.pipeline(`winograd_input:${al.m}`, () => winoShader(al, 'input', {}));
+      const pipeline = dev.pipeline(`winograd_input:${al.m}:${v4}`, () => winoShader(al, 'input', { IN_V4: v4 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-        bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
+        bindings: v4 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
     m = matmul(v, u, { transB: true, variant: 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${al.m}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16 }));
+      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
