@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { AttentionStore } from '../src/models/attentionStore.js';
-import { UNet2DConditionModel } from '../src/models/unet.js';
+import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
+import { RandomWeights, type WeightSource } from '../src/models/weights.js';
 import { Tensor } from '../src/tensor/index.js';
 import { getDevice } from './helpers/gpu.js';
 import { PIPELINES, golden, relErr } from './helpers/golden.js';
@@ -46,5 +47,40 @@ describe.each(Object.entries(PIPELINES))('UNet %s', (_, p) => {
       expect(layout.filter((l) => l.kind === 'cross').map((l) => [l.name, l.res])).toEqual(store.cross.map((l) => [l.name, l.h]));
     }
     store.reset();
+  });
+});
+
+describe('UNet weights on the GPU', () => {
+  it('release() frees every weight, and a load that fails part-way leaves nothing behind', async () => {
+    const dev = await getDevice();
+    const dir = `${PIPELINES['sd15-tiny'].dir}/unet`;
+    (await UNet2DConditionModel.load(dev, dir)).release(); // first use: pipelines, the kernels' shared dummy
+    await dev.sync();
+    const base = dev.liveBytes;
+    const unet = await UNet2DConditionModel.load(dev, dir);
+    expect(dev.liveBytes).toBeGreaterThan(base);
+    unet.release();
+    await dev.sync();
+    expect(dev.liveBytes).toBe(base);
+
+    // a weight source whose 40th tensor is missing: past the first GEGLU and 3x3 convs,
+    // whose loaded tensors are replaced by re-laid copies
+    const config = parseUNetConfig(JSON.parse(readFileSync(`${dir}/config.json`, 'utf8')) as Record<string, unknown>, 'sd15-tiny unet');
+    const rw = new RandomWeights(dev);
+    let n = 0;
+    const failing: WeightSource = {
+      where: 'test source',
+      has: () => rw.has(),
+      pick: (...names) => rw.pick(...names),
+      load: (name, shape, kind, accept) => {
+        if (++n === 40) throw new Error(`test source: no tensor ${name}`);
+        void accept; // random weights take the first shape asked for
+        return rw.load(name, shape, kind);
+      },
+      maybe: (name, shape, kind) => rw.maybe(name, shape, kind),
+    };
+    expect(() => UNet2DConditionModel.fromWeights(dev, config, failing)).toThrow(/^test source: no tensor /);
+    await dev.sync();
+    expect(dev.liveBytes).toBe(base);
   });
 });

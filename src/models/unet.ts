@@ -235,7 +235,45 @@ export class UNet2DConditionModel {
     return m;
   }
 
-  private loadWeights(w: WeightSource): void {
+  /** Every GPU tensor the model holds (loaded weights and their re-laid forms), for release(). */
+  private owned = new Set<Tensor>();
+
+  /** Frees the model's weights; the model is unusable afterwards. */
+  release(): void {
+    for (const t of this.owned) t.release();
+    this.owned.clear();
+  }
+
+  /** Loads every weight; on a failure, what was loaded so far is freed before the error goes on. */
+  private loadWeights(src: WeightSource): void {
+    const owned = this.owned;
+    const own = (t: Tensor): Tensor => (owned.add(t), t);
+    const w: WeightSource = {
+      where: src.where,
+      has: (name) => src.has(name),
+      pick: (...names) => src.pick(...names),
+      load: (name, shape, kind, accept) => own(src.load(name, shape, kind, accept)),
+      maybe: (name, shape, kind) => {
+        const t = src.maybe(name, shape, kind);
+        return t && own(t);
+      },
+    };
+    /** `derived` replaces `t` (a re-laid copy): frees t and owns derived instead. */
+    const replace = (t: Tensor, derived: Tensor): Tensor => {
+      if (derived === t) return t;
+      owned.delete(t);
+      t.release();
+      return own(derived);
+    };
+    try {
+      this.buildWeights(w, replace);
+    } catch (e) {
+      this.release(); // a partly loaded model leaves nothing on the GPU
+      throw e;
+    }
+  }
+
+  private buildWeights(w: WeightSource, replace: (t: Tensor, derived: Tensor) => Tensor): void {
     const c = this.config;
     const ch = c.blockOutChannels;
     const temb = ch[0]! * 4;
@@ -248,20 +286,14 @@ export class UNet2DConditionModel {
     // pairs, so that linear's glu writes value * gelu(gate) straight from the matmul.
     const gegluLin = (p: string, out: number, inp: number): Lin => {
       const l = lin(p, out, inp);
-      const relaid = (t: Tensor): Tensor => {
-        const r = keep(gluInterleave(t));
-        t.release();
-        return r;
-      };
+      const relaid = (t: Tensor): Tensor => replace(t, keep(gluInterleave(t)));
       return { weight: relaid(l.weight), bias: l.bias && relaid(l.bias) };
     };
     // 3x3 weights are converted to the direct conv's layout as they load and the original
     // freed at once (conv2d would otherwise keep a second, re-laid copy of each).
     const conv = (p: string, out: number, inp: number, k: number): Conv => {
       const raw = w.load(`${p}.weight`, [out, inp, k, k], 'matrix');
-      const weight = prepareConvWeight(raw);
-      if (weight !== raw) raw.release();
-      return { weight, bias: w.load(`${p}.bias`, [out]) };
+      return { weight: replace(raw, prepareConvWeight(raw)), bias: w.load(`${p}.bias`, [out]) };
     };
     const resnet = (p: string, inp: number, out: number): Resnet => ({
       norm1: norm(`${p}.norm1`, inp),
