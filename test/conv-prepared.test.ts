@@ -128,6 +128,19 @@ describe('prepareConvWeight', () => {
     trimConvWeightCache();
     expect(dev.liveBytes).toBe(before); // the copy took the original's place
     for (const t of [x, p, p2]) t.release();
+    // A 3x3 weight left as stored (channels in multiples of 4) on the direct kernel (too few
+    // tiles for Winograd): a temporary re-laid copy, freed with the conv's other temporaries.
+    const x8 = Tensor.fromArray(dev, randn(8 * 5 * 5, 24), [1, 8, 5, 5]);
+    const w8 = Tensor.fromArray(dev, randn(8 * 8 * 9, 25, 0.5), [8, 8, 3, 3]);
+    expect(prepareConvWeight(w8)).toBe(w8);
+    const live8 = dev.liveBytes;
+    dev.startProfile();
+    conv2d(x8, w8, { padding: 1, variant: 'cpu' }).release();
+    const prof = await dev.stopProfile();
+    expect([...prof.keys()]).toEqual(['conv2d']);
+    expect(prof.get('conv2d')!.count).toBe(2); // the re-layout and the conv
+    expect(dev.liveBytes).toBe(live8);
+    for (const t of [x8, w8]) t.release();
   });
 
   it('leaves 1x1 weights alone', async () => {
@@ -150,12 +163,13 @@ describe('prepareConvWeight', () => {
     for (const variant of ['cpu', 'naive', 'gpu'] as ConvVariant[]) {
       expect(() => conv2d(x, p, { variant })).toThrow('conv2d: input channels differ: x (1x4x8x8) vs w (8x3x3x3) (prepared, stored as (3x3x3x8))');
     }
-    const w4 = Tensor.zeros(dev, [8, 4, 3, 3]);
+    // (Co = 7: 3x3 weights with both channel counts multiples of 4 are left as stored)
+    const w4 = Tensor.zeros(dev, [7, 4, 3, 3]);
     const p4 = prepareConvWeight(w4);
-    expect(() => conv2d(x, p4, { bias: Tensor.zeros(dev, [7]) })).toThrow('conv2d: bias (7) does not match w (8x4x3x3) (prepared, stored as (4x3x3x8))');
-    expect(() => conv2d(x, p4, { padding: 1, residual: Tensor.zeros(dev, [1, 8, 7, 7]) })).toThrow(/residual \(1x8x7x7\) does not match the output \(1x8x8x8\)/);
+    expect(() => conv2d(x, p4, { bias: Tensor.zeros(dev, [6]) })).toThrow('conv2d: bias (6) does not match w (7x4x3x3) (prepared, stored as (4x3x3x7))');
+    expect(() => conv2d(x, p4, { padding: 1, residual: Tensor.zeros(dev, [1, 7, 7, 7]) })).toThrow(/residual \(1x7x7x7\) does not match the output \(1x7x8x8\)/);
     const out = conv2d(x, p4, { padding: 1 });
-    expect(out.shape).toEqual([1, 8, 8, 8]);
+    expect(out.shape).toEqual([1, 7, 8, 8]);
     for (const t of [x, w, p, w4, p4, out]) t.release();
   });
 });

@@ -199,8 +199,8 @@ describe('conv2d', () => {
     expect(winogradTileFor(64, 64)).toBe(2);
   });
 
-  // Strided convs on 'cpu' (f32 weights, Ci * kh * kw a multiple of 4): im2col patches in
-  // chunks of output pixels, then one matmul per chunk with the bias indexed by row.
+  // Strided convs on 'cpu' (Ci * kh * kw a multiple of 4): im2col patches in chunks of
+  // output pixels, then one matmul per chunk.
   it('cpu: strided convs go through im2col + matmul, in chunks of output pixels', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;
@@ -216,9 +216,25 @@ describe('conv2d', () => {
     setMaxBindingBytes(4096);
     expect(await check('cpu', { B: 1, Ci: 4, Co: 4, H: 13, W: 11, k: 3, stride: 2, pad: 1, bias: true, residual: true })).toBe(4);
     setMaxBindingBytes(undefined);
-    // not taken: K not a multiple of 4 (the VAE's conv_in has Ci = 3), f16 weights, stride 1
+    // f16 weights as stored: the (pixels, Co) orientation, b read as packed halves
+    if (dev.hasF16) expect(await families({ B: 2, Ci: 8, Co: 12, H: 9, W: 10, k: 3, stride: 2, pad: 1, bias: true, residual: true, f16: true })).toEqual(['im2col', 'im2col matmul']);
+    // prepared f32 weights (Co = 7 is not a multiple of 4): the (Co, pixels) orientation,
+    // the bias by row; the same values as the stored weight and the naive kernel
+    const x = Tensor.fromArray(dev, randn(2 * 8 * 11 * 9, 41), [2, 8, 11, 9]);
+    const w = Tensor.fromArray(dev, randn(7 * 8 * 9, 42, 0.5), [7, 8, 3, 3]);
+    const bias = Tensor.fromArray(dev, randn(7, 43), [7]);
+    const wp = prepareConvWeight(w);
+    expect(wp).not.toBe(w);
+    const opts = { stride: 2, padding: [0, 1, 0, 1] as [number, number, number, number], bias, act: 'silu' as const };
+    const ref = await conv2d(x, w, { ...opts, variant: 'naive' }).toArray();
+    dev.startProfile();
+    const prep = await conv2d(x, wp, { ...opts, variant: 'cpu' }).toArray();
+    expect([...(await dev.stopProfile()).keys()].sort()).toEqual(['im2col', 'im2col matmul']);
+    expectClose(prep, ref, 1e-4, 'im2col with a prepared weight');
+    expectClose(await conv2d(x, w, { ...opts, variant: 'cpu' }).toArray(), ref, 1e-4, 'im2col with the stored weight');
+    for (const t of [x, w, wp, bias]) t.release();
+    // not taken: K not a multiple of 4 (the VAE's conv_in has Ci = 3), stride 1
     expect(await families({ B: 1, Ci: 3, Co: 8, H: 9, W: 9, k: 3, stride: 2, pad: 1 })).not.toContain('im2col');
-    if (dev.hasF16) expect(await families({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, stride: 2, pad: 1, f16: true })).not.toContain('im2col');
     expect(await families({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).not.toContain('im2col');
   });
 
@@ -245,21 +261,16 @@ describe('conv2d', () => {
     expect(await check('cpu', { B: 1, Ci: 16, Co: 16, H: 16, W: 15, k: 3, pad: 1, bias: true, residual: true, act: 'silu' })).toBe(40);
   });
 
-  it('cpu: Winograd with a prepared (ci, ky, kx, co) weight equals the plain weight', async () => {
+  it('cpu: prepareConvWeight leaves 3x3 weights with channels in multiples of 4 as stored (Winograd and im2col read them so)', async () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;
-    setWinogradMinTiles(1);
-    for (const dtype of dev.hasF16 ? (['f32', 'f16'] as const) : (['f32'] as const)) {
-      const x = Tensor.fromArray(dev, randn(2 * 12 * 7 * 9, 11), [2, 12, 7, 9]);
-      const w = Tensor.fromArray(dev, randn(16 * 12 * 9, 12, 0.3), [16, 12, 3, 3], dtype);
-      const bias = Tensor.fromArray(dev, randn(16, 13), [16]);
-      const plain = await conv2d(x, w, { padding: 1, bias, variant: 'cpu' }).toArray();
-      const wp = prepareConvWeight(w);
-      expect(wp).not.toBe(w);
-      const prep = await conv2d(x, wp, { padding: 1, bias, variant: 'cpu' }).toArray();
-      expect(prep).toEqual(plain);
-      for (const t of [x, w, wp, bias]) t.release();
-    }
+    const w = Tensor.fromArray(dev, randn(16 * 12 * 9, 12, 0.3), [16, 12, 3, 3]);
+    expect(prepareConvWeight(w)).toBe(w);
+    const w7 = Tensor.fromArray(dev, randn(7 * 12 * 9, 13, 0.3), [7, 12, 3, 3]); // Co = 7: the direct kernel's
+    const p7 = prepareConvWeight(w7);
+    expect(p7).not.toBe(w7);
+    expect(p7.shape).toEqual([12, 3, 3, 7]);
+    for (const t of [w, w7, p7]) t.release();
   });
 
   it('names both shapes on a mismatch', async () => {

@@ -132,6 +132,10 @@ export function prepareConvWeight(w: Tensor): Tensor {
   if (prepared.has(w) || dev.kind !== 'cpu' || w.rank !== 4) return w;
   const [Co, Ci, kh, kw] = w.shape as [number, number, number, number];
   if (kh * kw <= 1 || w.numel === 0 || w.byteSize > dev.limits.maxStorageBufferBindingSize) return w;
+  // 3x3 weights with channels in multiples of 4 stay as they are: their convs run as Winograd
+  // (stride 1) or im2col + matmul (strides >= 2), which read the checkpoint layout; the
+  // Winograd weight transform reads it ~2x faster than the (ci, ky, kx, co) one.
+  if (kh === 3 && kw === 3 && Ci % 4 === 0 && Co % 4 === 0) return w;
   trimConvWeightCache();
   let t = relaid.get(w);
   if (t && !t.released) {
@@ -216,10 +220,8 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
-  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype })) {
-    // k = (ci, ky, kx): prepared (ci, ky, kx, co) weights have co stride 1, plain ones K
-    const wStrides: [number, number] = isPrep ? [1, Co] : [Ci * kh * kw, 1];
-    convIm2col(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
+  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
+    convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }
   if (variant === 'cpu' && winogradApplies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
@@ -231,7 +233,11 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const direct = variant === 'cpu';
   // Prepared weights feed the direct conv as they are; the other variants read a temporary
   // converted back to (co, ci, ky, kx), released once its dispatches are recorded.
-  const temp = isPrep && !direct ? unprepared(w) : undefined;
+  // 3x3 weights that prepareConvWeight leaves as stored (channels in multiples of 4) get a
+  // temporary re-laid copy here rather than a cached one: these convs mostly take Winograd or
+  // im2col, and a cache would double the weights of models run on small images.
+  const keptAsStored = direct && !isPrep && kh === 3 && kw === 3 && Ci % 4 === 0 && Co % 4 === 0;
+  const temp = isPrep && !direct ? unprepared(w) : keptAsStored ? relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout') : undefined;
   const wt = temp ?? (direct && !isPrep ? relaidWeights(w) : w);
   try {
     convChunks(dev, { x, wt, out, opts, variant, direct, label, act, B, Ci, H, W, Co, Ho, Wo, kh, kw, stride, pt, pl });

@@ -1,8 +1,10 @@
 // Strided convs on lavapipe as im2col + matmul: for a chunk of output pixels, the kh x kw
 // input patches are copied into rows of K = Ci * kh * kw values (shaders/im2col.wgsl), then
-//   out[b] (Co, pixels) = W (Co, K) @ col^T
-// runs on the matmul kernel's fastest path (b read along K and shared by the lanes, SG_B;
-// the prepared (ci, ky, kx, co) weight read as a transposed a). The direct kernel does the
+// one matmul on the kernel's fastest path (its b read along K and shared by the lanes, SG_B):
+//   weights as stored (Co, Ci, kh, kw), f32 or f16:  out[b]^T (pixels, Co) = col @ W^T,
+//     written through strides as NCHW (as conv2d's 1x1 path);
+//   prepared (ci, ky, kx, co) f32 weights:          out[b] (Co, pixels) = W @ col^T,
+//     W read as a transposed a, the bias by row. The direct kernel does the
 // same arithmetic at ~7-9 GFLOP/s on the VAE's and UNet's stride-2 downsamplers; this path
 // pays one extra write and read of the patches (9x the input, in chunks of COL_BYTES).
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
@@ -14,9 +16,8 @@ const COL_BYTES = 32 * 2 ** 20;
 
 export interface Im2colArgs {
   x: Tensor; // (B, Ci, H, W) f32
-  w: Tensor; // f32 weight data
-  /** element strides of co and of k = (ci, ky, kx) in w: prepared [1, Co], plain [K, 1] */
-  wStrides: [number, number];
+  w: Tensor; // weight data: (Co, Ci, kh, kw) f32 or f16, or prepared (ci, ky, kx, co) f32
+  prepared: boolean;
   out: Tensor; // (B, Co, Ho, Wo) f32
   bias?: Tensor;
   residual?: Tensor;
@@ -28,11 +29,11 @@ export interface Im2colArgs {
 
 /**
  * Whether conv2d's 'cpu' variant takes im2col + matmul: strides of 2 and more with a
- * kernel larger than 1x1, f32 weights (the matmul kernel reads its a operand as f32),
- * K = Ci kh kw a multiple of 4, one image of x within one storage binding.
+ * kernel larger than 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage
+ * binding; prepared weights only in f32 (the matmul kernel reads its a operand as f32).
  */
-export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string }): boolean {
-  if (!ENABLED || dev.kind !== 'cpu' || a.stride < 2 || a.kh * a.kw < 2 || a.wDtype !== 'f32') return false;
+export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
+  if (!ENABLED || dev.kind !== 'cpu' || a.stride < 2 || a.kh * a.kw < 2 || (a.prepared && a.wDtype !== 'f32')) return false;
   const K = a.Ci * a.kh * a.kw;
   return K % 4 === 0 && a.Ci * a.H * a.W * 4 <= maxBindingBytes(dev) && K * 4 * 4 <= Math.min(COL_BYTES, maxBindingBytes(dev));
 }
@@ -46,7 +47,6 @@ export function convIm2col(dev: Device, g: Im2colArgs): void {
   const col = Tensor.empty(dev, [Math.min(per, P), K], 'f32', 'im2col patches');
   try {
     const pipeline = dev.pipeline('im2col', () => buildShader('im2col', {}));
-    const [wCo, wK] = g.wStrides;
     for (let b = 0; b < B; b++) {
       const xs = windowFor(dev, x, b * Ci * H * W, (b + 1) * Ci * H * W - 1);
       for (let n0 = 0; n0 < P; n0 += per) {
@@ -57,21 +57,21 @@ export function convIm2col(dev: Device, g: Im2colArgs): void {
           uniforms: uniforms([['u', Ci], ['u', H], ['u', W], ['u', Wo], ['u', kh], ['u', kw], ['u', g.stride], ['u', g.pt], ['u', g.pl], ['u', n0], ['u', nn], ['u', K / 4], ['u', xs.off], ['u', nx], ['u', 0], ['u', 0]]),
           bindings: [xs.binding, col.binding()], workgroups: [nx, ny],
         });
-        const o: Operand = { t: out, off: b * Co * P + n0, rs: P, cs: 1, bs: 0 };
-        runGemm(dev, {
-          label: `${g.label} im2col matmul`,
-          family: 'im2col matmul',
-          M: Co, N: nn, K, batch: 1,
-          a: { t: g.w, off: 0, rs: wCo, cs: wK, bs: 0 },
-          b: { t: col, off: 0, rs: 1, cs: K, bs: 0 },
-          out: o,
-          res: g.residual ? { t: g.residual, off: o.off } : undefined,
+        const off = b * Co * P + n0;
+        const common = {
+          label: `${g.label} im2col matmul`, family: 'im2col matmul', K, batch: 1,
+          res: g.residual ? { t: g.residual, off } : undefined,
           bias: g.bias ? { t: g.bias, off: 0 } : undefined,
-          biasRow: true,
-          alpha: 1,
-          act: g.act,
-          variant: 'cpu',
-        });
+          alpha: 1, act: g.act, variant: 'cpu' as const,
+        };
+        const colT: Operand = { t: col, off: 0, rs: 1, cs: K, bs: 0 }; // (K, pixels)
+        if (g.prepared) {
+          // (Co, pixels) = W (Co, K), element (co, k) at k * Co + co, @ col^T
+          runGemm(dev, { ...common, M: Co, N: nn, a: { t: g.w, off: 0, rs: 1, cs: Co, bs: 0 }, b: colT, out: { t: out, off, rs: P, cs: 1, bs: 0 }, biasRow: true });
+        } else {
+          // (pixels, Co) = col (pixels, K) @ W^T, W (Co, K) as the nn.Linear-layout b
+          runGemm(dev, { ...common, M: nn, N: Co, a: { t: col, off: 0, rs: K, cs: 1, bs: 0 }, b: { t: g.w, off: 0, rs: 1, cs: K, bs: 0 }, out: { t: out, off, rs: 1, cs: P, bs: 0 } });
+        }
       }
     }
   } finally {
