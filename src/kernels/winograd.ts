@@ -3,7 +3,7 @@
 // domain, which over all tiles and channels are a^2 independent matrix products
 // (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2) or 4x (m = 4) fewer
 // multiply-adds than the direct conv, run by the engine's fastest kernel.
-//   U[e] = G g G^T      (shaders/winograd_weight.wgsl, per call: cheap next to the conv)
+//   U[e] = G g G^T      (shaders/winograd_weight.wgsl, per call: write-bound, ~8% of a UNet)
 //   V[e] = B^T d B      (shaders/winograd_input.wgsl)
 //   M[e] = V[e] @ U[e]^T (matmul, batch a^2)
 //   y    = A^T M A (+ bias, SiLU, residual)  (shaders/winograd_output.wgsl)
@@ -102,7 +102,7 @@ function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Reco
   return buildShader(`winograd_${side}`, defines, { TM: al.m, TA: al.a, TAA: al.a * al.a, TMM: al.m * al.m, TRANSFORM: transformCode(al, side) });
 }
 
-/** The output tile size m of F(m x m, 3x3) for a (B, *, H, W) input (see MIN_TILES_4). */
+/** The output tile size m of F(m x m, 3x3) for H x W images (see MIN_TILES_4). */
 export function winogradTileFor(H: number, W: number): 2 | 4 {
   return forcedTile ?? (Math.ceil(H / 4) * Math.ceil(W / 4) >= MIN_TILES_4 ? 4 : 2);
 }
@@ -133,8 +133,8 @@ export interface WinogradArgs {
  * Whether conv2d should take the Winograd path: 3x3, stride 1, padding 1 on all sides,
  * channels multiples of 4, activation none or SiLU, enough tiles, the input, output and
  * transformed weight each within one storage binding (the transformed input and the matmul
- * output go in chunks of tiles; inputs above one binding, e.g. the VAE's 128 channels at
- * 512x512, keep the direct kernel and its windows).
+ * output go in chunks of tiles; inputs above one binding keep the direct kernel and its
+ * windows: the VAE's 128 channels at 512x512 f32 are exactly one 128 MiB binding).
  */
 export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: number; H: number; W: number; kh: number; kw: number; stride: number; pads: number[]; act: Act }): boolean {
   if (!ENABLED || dev.kind !== 'cpu') return false;
