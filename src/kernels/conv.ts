@@ -91,18 +91,35 @@ function relayout(src: Tensor, shape: readonly number[], A: number, Bd: number, 
   return t;
 }
 
-function relaidWeights(w: Tensor): Tensor {
-  trimConvWeightCache();
-  let t = relaid.get(w);
-  if (t && !t.released) return t;
+/** A (Co, Ci, kh, kw) weight copied into the direct kernel's (ci, ky, kx, co) layout. */
+function directLayout(w: Tensor): Tensor {
   const dev = w.device;
   const [Co, Ci, kh, kw] = w.shape as [number, number, number, number];
   if (w.byteSize > dev.limits.maxStorageBufferBindingSize) {
     throw new GpuError(`conv2d: weight ${w.describe()} is larger than one storage binding (${dev.limits.maxStorageBufferBindingSize} bytes); use variant 'naive' or 'gpu'`);
   }
-  t = keep(relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout'));
+  return relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout');
+}
+
+/** The direct kernel's copy of `w`, made on first use and cached while `w` lives. */
+function relaidWeights(w: Tensor): Tensor {
+  trimConvWeightCache();
+  let t = relaid.get(w);
+  if (t && !t.released) return t;
+  t = keep(directLayout(w));
   relaid.set(w, t);
   return t;
+}
+
+/**
+ * 3x3 weights with channels in multiples of 4 stay in the checkpoint layout on 'cpu'
+ * adapters: their convs run as Winograd (stride 1) or im2col + matmul (strides >= 2), which
+ * read that layout (the Winograd weight transform ~2x faster than from (ci, ky, kx, co)).
+ * Where one still takes the direct kernel, it gets a temporary re-laid copy per call, not a
+ * cached one, which would double the weights of models run on small images.
+ */
+function keptAsStored(Co: number, Ci: number, kh: number, kw: number): boolean {
+  return kh === 3 && kw === 3 && Ci % 4 === 0 && Co % 4 === 0;
 }
 
 /** Whether `w` came from prepareConvWeight (stored (Ci, kh, kw, Co) in (ci, ky, kx, co) layout). */
@@ -132,16 +149,13 @@ export function prepareConvWeight(w: Tensor): Tensor {
   if (prepared.has(w) || dev.kind !== 'cpu' || w.rank !== 4) return w;
   const [Co, Ci, kh, kw] = w.shape as [number, number, number, number];
   if (kh * kw <= 1 || w.numel === 0 || w.byteSize > dev.limits.maxStorageBufferBindingSize) return w;
-  // 3x3 weights with channels in multiples of 4 stay as they are: their convs run as Winograd
-  // (stride 1) or im2col + matmul (strides >= 2), which read the checkpoint layout; the
-  // Winograd weight transform reads it ~2x faster than the (ci, ky, kx, co) one.
-  if (kh === 3 && kw === 3 && Ci % 4 === 0 && Co % 4 === 0) return w;
+  if (keptAsStored(Co, Ci, kh, kw)) return w;
   trimConvWeightCache();
   let t = relaid.get(w);
   if (t && !t.released) {
     relaid.delete(w); // already converted on an earlier call: adopt that copy
   } else {
-    t = keep(relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout'));
+    t = keep(directLayout(w));
   }
   prepared.add(t);
   return t;
@@ -220,7 +234,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
-  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
+  if (variant === 'cpu' && im2colApplies(dev, { Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }
@@ -233,11 +247,8 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const direct = variant === 'cpu';
   // Prepared weights feed the direct conv as they are; the other variants read a temporary
   // converted back to (co, ci, ky, kx), released once its dispatches are recorded.
-  // 3x3 weights that prepareConvWeight leaves as stored (channels in multiples of 4) get a
-  // temporary re-laid copy here rather than a cached one: these convs mostly take Winograd or
-  // im2col, and a cache would double the weights of models run on small images.
-  const keptAsStored = direct && !isPrep && kh === 3 && kw === 3 && Ci % 4 === 0 && Co % 4 === 0;
-  const temp = isPrep && !direct ? unprepared(w) : keptAsStored ? relayout(w, [Ci, kh, kw, Co], Co, Ci, kh * kw, 'conv weight (ci,ky,kx,co)', 'relayout') : undefined;
+  // Weights prepareConvWeight leaves as stored get a temporary copy (see keptAsStored).
+  const temp = isPrep && !direct ? unprepared(w) : direct && !isPrep && keptAsStored(Co, Ci, kh, kw) ? directLayout(w) : undefined;
   const wt = temp ?? (direct && !isPrep ? relaidWeights(w) : w);
   try {
     convChunks(dev, { x, wt, out, opts, variant, direct, label, act, B, Ci, H, W, Co, Ho, Wo, kh, kw, stride, pt, pl });

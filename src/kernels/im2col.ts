@@ -32,7 +32,7 @@ export interface Im2colArgs {
  * kernel larger than 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage
  * binding; prepared weights only in f32 (the matmul kernel reads its a operand as f32).
  */
-export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
+export function im2colApplies(dev: Device, a: { Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
   if (!ENABLED || dev.kind !== 'cpu' || a.stride < 2 || a.kh * a.kw < 2 || (a.prepared && a.wDtype !== 'f32')) return false;
   const K = a.Ci * a.kh * a.kw;
   return K % 4 === 0 && a.Ci * a.H * a.W * 4 <= maxBindingBytes(dev) && K * 4 * 4 <= Math.min(COL_BYTES, maxBindingBytes(dev));

@@ -289,8 +289,8 @@ export class UNet2DConditionModel {
       const relaid = (t: Tensor): Tensor => replace(t, keep(gluInterleave(t)));
       return { weight: relaid(l.weight), bias: l.bias && relaid(l.bias) };
     };
-    // 3x3 weights are converted to the direct conv's layout as they load and the original
-    // freed at once (conv2d would otherwise keep a second, re-laid copy of each).
+    // Conv weights that the direct kernel reads are converted to its layout as they load and
+    // the original freed at once (prepareConvWeight; it leaves the Winograd / im2col ones).
     const conv = (p: string, out: number, inp: number, k: number): Conv => {
       const raw = w.load(`${p}.weight`, [out, inp, k, k], 'matrix');
       return { weight: replace(raw, prepareConvWeight(raw)), bias: w.load(`${p}.bias`, [out]) };
