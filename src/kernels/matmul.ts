@@ -252,10 +252,10 @@ function parseTile(s: string | undefined): { TM: number; NV: number } | undefine
 // Tile shapes of the cpu kernel (benchmarked in bench/kernels-matmul.ts).
 const TILE_OVERRIDE = parseTile(process.env.ELBO_MATMUL_TILE);
 const CPU_TILE = TILE_OVERRIDE ?? { TM: 16, NV: 4 };
-// With SG_B (by worker CPU time, 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B ~9;
-// f16 8x4 ~12.5 vs ~8).
+// With SG_B, by CPU time at 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B ~9 (before the
+// pairwise products; 15-19 after); f16 b 4x8 ~13 vs 8x4 ~11 in the same process.
 const SG_TILE_F32 = { TM: 4, NV: 8 };
-const SG_TILE_F16 = { TM: 8, NV: 4 };
+const SG_TILE_F16 = { TM: 4, NV: 8 };
 const GEMV_TILE = { TM: 1, NV: 2 };
 const COL_LANES = process.env.ELBO_COL_LANES === '1';
 const SG = process.env.ELBO_SG !== '0';
