@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { attention, attentionTuning, variants, type AttentionVariant } from '../src/kernels/attention.js';
+import { attention, attentionTuning, outputRowsInWorkgroup, variants, type AttentionVariant } from '../src/kernels/attention.js';
 import { expectClose, getDevice, randn } from './helpers/gpu.js';
 
 interface RefOpts {
@@ -185,6 +185,25 @@ describe('attention', () => {
       });
     });
   }
+
+  it('cpu: output rows in workgroup memory where they fit, in a private array otherwise; both match', async () => {
+    const dev = await getDevice();
+    // 8 lanes x R rows x ceil(d / 4) vec4 against the adapter's workgroup storage limit.
+    const fits = (d: number): boolean => 8 * attentionTuning.cpuFwd.R * Math.ceil(d / 4) * 16 <= dev.limits.maxComputeWorkgroupStorageSize;
+    for (const d of [4, 40, 64, 160, 512]) expect(outputRowsInWorkgroup(dev, d)).toBe(fits(d));
+    if (dev.limits.maxComputeWorkgroupStorageSize === 32768) {
+      expect(outputRowsInWorkgroup(dev, 128)).toBe(true);
+      expect(outputRowsInWorkgroup(dev, 132)).toBe(false);
+    }
+    attentionTuning.outputRowsInWorkgroup = false;
+    try {
+      expect(outputRowsInWorkgroup(dev, 40)).toBe(false);
+      await runCase('cpu', 1, 257, 33, 2, 40, { probs: true });
+      await runCase('cpu', 2, 77, 77, 3, 8, { causal: true, mask: true });
+    } finally {
+      attentionTuning.outputRowsInWorkgroup = true;
+    }
+  });
 
   it('names both shapes on mismatches', async () => {
     const dev = await getDevice();
