@@ -4,9 +4,9 @@
 import { join } from 'node:path';
 import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
 import { add, attention, concat, conv2d, gluInterleave, groupNorm, layerNorm, linear, permute, prepareConvWeight, unary, upsampleNearest2x } from '../kernels/index.js';
-import { Tensor, keep, scope, type Device } from '../tensor/index.js';
+import { Tensor, scope, type Device } from '../tensor/index.js';
 import type { AttentionStore } from './attentionStore.js';
-import { WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
+import { OwnedWeights, WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
 export interface UNetConfig {
   sampleSize: number;
@@ -236,44 +236,20 @@ export class UNet2DConditionModel {
   }
 
   /** Every GPU tensor the model holds (loaded weights and their re-laid forms), for release(). */
-  private owned = new Set<Tensor>();
+  private owned: OwnedWeights | undefined;
 
   /** Frees the model's weights; the model is unusable afterwards. */
   release(): void {
-    for (const t of this.owned) t.release();
-    this.owned.clear();
+    this.owned?.release();
   }
 
   /** Loads every weight; on a failure, what was loaded so far is freed before the error goes on. */
   private loadWeights(src: WeightSource): void {
-    const owned = this.owned;
-    const own = (t: Tensor): Tensor => (owned.add(t), t);
-    const w: WeightSource = {
-      where: src.where,
-      has: (name) => src.has(name),
-      pick: (...names) => src.pick(...names),
-      load: (name, shape, kind, accept) => own(src.load(name, shape, kind, accept)),
-      maybe: (name, shape, kind) => {
-        const t = src.maybe(name, shape, kind);
-        return t && own(t);
-      },
-    };
-    /** `derived` replaces `t` (a re-laid copy): frees t and owns derived instead. */
-    const replace = (t: Tensor, derived: Tensor): Tensor => {
-      if (derived === t) return t;
-      owned.delete(t);
-      t.release();
-      return own(derived);
-    };
-    try {
-      this.buildWeights(w, replace);
-    } catch (e) {
-      this.release(); // a partly loaded model leaves nothing on the GPU
-      throw e;
-    }
+    const w = (this.owned = new OwnedWeights(src));
+    w.build(() => this.buildWeights(w));
   }
 
-  private buildWeights(w: WeightSource, replace: (t: Tensor, derived: Tensor) => Tensor): void {
+  private buildWeights(w: OwnedWeights): void {
     const c = this.config;
     const ch = c.blockOutChannels;
     const temb = ch[0]! * 4;
@@ -286,14 +262,14 @@ export class UNet2DConditionModel {
     // pairs, so that linear's glu writes value * gelu(gate) straight from the matmul.
     const gegluLin = (p: string, out: number, inp: number): Lin => {
       const l = lin(p, out, inp);
-      const relaid = (t: Tensor): Tensor => replace(t, keep(gluInterleave(t)));
+      const relaid = (t: Tensor): Tensor => w.replace(t, gluInterleave(t));
       return { weight: relaid(l.weight), bias: l.bias && relaid(l.bias) };
     };
     // Conv weights that the direct kernel reads are converted to its layout as they load and
     // the original freed at once (prepareConvWeight; it leaves the Winograd / im2col ones).
     const conv = (p: string, out: number, inp: number, k: number): Conv => {
       const raw = w.load(`${p}.weight`, [out, inp, k, k], 'matrix');
-      return { weight: replace(raw, prepareConvWeight(raw)), bias: w.load(`${p}.bias`, [out]) };
+      return { weight: w.replace(raw, prepareConvWeight(raw)), bias: w.load(`${p}.bias`, [out]) };
     };
     const resnet = (p: string, inp: number, out: number): Resnet => ({
       norm1: norm(`${p}.norm1`, inp),
@@ -432,6 +408,7 @@ export class UNet2DConditionModel {
   forward(inp: UNetInputs): Tensor {
     const { sample, store } = inp;
     const [B, , h, w] = sample.shape as [number, number, number, number];
+    this.owned?.checkLive('UNet2DConditionModel');
     const c = this.config;
     const W = this.weights;
     const levels = c.blockOutChannels.length - 1;

@@ -26,8 +26,8 @@ import {
   transpose,
   upsampleNearest2x,
 } from '../kernels/index.js';
-import { Tensor, keep, scope, shapeStr, type Device } from '../tensor/index.js';
-import { WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
+import { Tensor, scope, shapeStr, type Device } from '../tensor/index.js';
+import { OwnedWeights, WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
 const EPS = 1e-6;
 /** DiagonalGaussianDistribution clamps logvar to this range. */
@@ -90,29 +90,16 @@ export function parseVaeConfig(c: Record<string, unknown>, where: string): VaeCo
 
 // ------------------------------------------------------------------------------- modules
 
-/** The part of WeightLoader the modules use; `AutoencoderKL` wraps it to track uploads. */
-interface Weights {
-  load(name: string, shape: readonly number[], kind?: 'matrix' | 'vector', acceptShapes?: readonly (readonly number[])[]): Tensor;
-  pick(...names: string[]): string;
-  /** Records a tensor derived from loaded weights (a reshaped view, a prepared conv weight) for release. */
-  own(t: Tensor): Tensor;
-}
-
 class Conv {
   constructor(
     readonly weight: Tensor, // (Co, Ci, k, k), f32 or f16; or prepared (prepareConvWeight)
     readonly bias: Tensor, // (Co)
   ) {}
-  static load(w: Weights, p: string, co: number, ci: number, k: number): Conv {
+  static load(w: OwnedWeights, p: string, co: number, ci: number, k: number): Conv {
     // Converted to the direct conv's layout at load (prepareConvWeight), the original freed
     // at once: conv2d would otherwise keep a second, re-laid copy of every 3x3 weight.
     const raw = w.load(`${p}.weight`, [co, ci, k, k], 'matrix');
-    const weight = prepareConvWeight(raw);
-    if (weight !== raw) {
-      w.own(weight);
-      raw.release();
-    }
-    return new Conv(weight, w.load(`${p}.bias`, [co]));
+    return new Conv(w.replace(raw, prepareConvWeight(raw)), w.load(`${p}.bias`, [co]));
   }
   /** (B, Ci, H, W) -> (B, Co, H', W'); `residual` is added after the bias. */
   forward(x: Tensor, opts: { stride?: number; padding?: number | readonly [number, number, number, number]; residual?: Tensor } = {}): Tensor {
@@ -126,7 +113,7 @@ class GroupNorm {
     readonly bias: Tensor,
     readonly groups: number,
   ) {}
-  static load(w: Weights, p: string, c: number, groups: number): GroupNorm {
+  static load(w: OwnedWeights, p: string, c: number, groups: number): GroupNorm {
     return new GroupNorm(w.load(`${p}.weight`, [c]), w.load(`${p}.bias`, [c]), groups);
   }
   forward(x: Tensor, silu = false): Tensor {
@@ -143,7 +130,7 @@ class ResnetBlock2D {
     readonly conv2: Conv,
     readonly convShortcut: Conv | null, // 1x1 when in != out channels
   ) {}
-  static load(w: Weights, p: string, cin: number, cout: number, groups: number): ResnetBlock2D {
+  static load(w: OwnedWeights, p: string, cin: number, cout: number, groups: number): ResnetBlock2D {
     return new ResnetBlock2D(
       GroupNorm.load(w, `${p}.norm1`, cin, groups),
       Conv.load(w, `${p}.conv1`, cout, cin, 3),
@@ -181,7 +168,7 @@ class VaeAttention {
     readonly v: { weight: Tensor; bias: Tensor },
     readonly out: Conv, // to_out.0 viewed as a 1x1 conv, so the residual fuses into it
   ) {}
-  static load(w: Weights, p: string, c: number, groups: number): VaeAttention {
+  static load(w: OwnedWeights, p: string, c: number, groups: number): VaeAttention {
     // [C, C] Linear weights; some old conversions store them as [C, C, 1, 1] 1x1 convs.
     const lin = (name: string): { weight: Tensor; bias: Tensor } => ({
       weight: w.load(`${name}.weight`, [c, c], 'matrix', [[c, c, 1, 1]]),
@@ -215,7 +202,7 @@ class MidBlock {
     readonly resnets: ResnetBlock2D[],
     readonly attention: VaeAttention | null,
   ) {}
-  static load(w: Weights, p: string, c: number, groups: number, withAttention: boolean): MidBlock {
+  static load(w: OwnedWeights, p: string, c: number, groups: number, withAttention: boolean): MidBlock {
     return new MidBlock(
       [ResnetBlock2D.load(w, `${p}.resnets.0`, c, c, groups), ResnetBlock2D.load(w, `${p}.resnets.1`, c, c, groups)],
       withAttention ? VaeAttention.load(w, `${p}.attentions.0`, c, groups) : null,
@@ -255,7 +242,7 @@ class Encoder {
     readonly convNormOut: GroupNorm,
     readonly convOut: Conv,
   ) {}
-  static load(w: Weights, c: VaeConfig): Encoder {
+  static load(w: OwnedWeights, c: VaeConfig): Encoder {
     const g = c.normNumGroups;
     const ch = c.blockOutChannels;
     const blocks: DownBlock[] = [];
@@ -297,7 +284,7 @@ class Decoder {
     readonly convNormOut: GroupNorm,
     readonly convOut: Conv,
   ) {}
-  static load(w: Weights, c: VaeConfig): Decoder {
+  static load(w: OwnedWeights, c: VaeConfig): Decoder {
     const g = c.normNumGroups;
     const rev = [...c.blockOutChannels].reverse();
     const blocks: UpBlock[] = [];
@@ -347,7 +334,7 @@ export class AutoencoderKL {
     readonly decoder: Decoder,
     readonly quantConv: Conv | null,
     readonly postQuantConv: Conv | null,
-    private readonly weights: Tensor[],
+    private readonly weights: OwnedWeights,
   ) {}
 
   /** Pixel side the pipeline preprocesses images to (`vae.config.sample_size`). */
@@ -386,29 +373,17 @@ export class AutoencoderKL {
    */
   static fromWeights(dev: Device, config: VaeConfig, loader: WeightSource): AutoencoderKL {
     const L = config.latentChannels;
-    const weights: Tensor[] = [];
-    const w: Weights = {
-      load: (name, shape, kind, accept) => {
-        const t = loader.load(name, shape, kind, accept);
-        weights.push(t);
-        return t;
-      },
-      pick: (...names) => loader.pick(...names),
-      own: (t) => (weights.push(keep(t)), t),
-    };
-    try {
+    return new OwnedWeights(loader).build((w) => {
       const encoder = Encoder.load(w, config);
       const decoder = Decoder.load(w, config);
       const quantConv = config.useQuantConv ? Conv.load(w, 'quant_conv', 2 * L, 2 * L, 1) : null;
       const postQuantConv = config.usePostQuantConv ? Conv.load(w, 'post_quant_conv', L, L, 1) : null;
-      return new AutoencoderKL(dev, config, encoder, decoder, quantConv, postQuantConv, weights);
-    } catch (e) {
-      for (const t of weights) t.release(); // a partly loaded model leaves nothing on the GPU
-      throw e;
-    }
+      return new AutoencoderKL(dev, config, encoder, decoder, quantConv, postQuantConv, w);
+    });
   }
 
   private checkInput(x: Tensor, channels: number, what: string): void {
+    this.weights.checkLive('AutoencoderKL');
     if (x.rank !== 4 || x.shape[1] !== channels) {
       throw new Error(`AutoencoderKL.${what}: expected (B, ${channels}, H, W), got ${shapeStr(x.shape)}`);
     }
@@ -460,8 +435,8 @@ export class AutoencoderKL {
     });
   }
 
-  /** Frees every weight. */
+  /** Frees every weight; the model is unusable afterwards. */
   release(): void {
-    for (const t of this.weights) t.release();
+    this.weights.release();
   }
 }

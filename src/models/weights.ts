@@ -18,6 +18,98 @@ export interface WeightSource {
   maybe(name: string, shape: readonly number[], kind?: 'matrix' | 'vector'): Tensor | undefined;
 }
 
+/** Anything that holds GPU memory until release() (a tensor, a model). */
+export interface Releasable {
+  release(): void;
+}
+
+/**
+ * A WeightSource through which a model owns its GPU weights: every tensor it hands out is
+ * recorded, so release() frees them all, and build() frees what a load that fails part-way
+ * had loaded before the error goes on. Models keep one and forward their release() to it.
+ */
+export class OwnedWeights implements WeightSource {
+  private owned = new Set<Tensor>();
+  private freed = false;
+
+  constructor(private readonly src: WeightSource) {}
+
+  get where(): string {
+    return this.src.where;
+  }
+
+  has(name: string): boolean {
+    return this.src.has(name);
+  }
+
+  pick(...names: string[]): string {
+    return this.src.pick(...names);
+  }
+
+  load(name: string, shape: readonly number[], kind?: 'matrix' | 'vector', acceptShapes?: readonly (readonly number[])[]): Tensor {
+    return this.own(this.src.load(name, shape, kind, acceptShapes));
+  }
+
+  maybe(name: string, shape: readonly number[], kind?: 'matrix' | 'vector'): Tensor | undefined {
+    const t = this.src.maybe(name, shape, kind);
+    return t && this.own(t);
+  }
+
+  /** Records a tensor derived from loaded weights (a reshaped view, a re-laid copy), kept out of every scope. */
+  own(t: Tensor): Tensor {
+    this.owned.add(keep(t));
+    return t;
+  }
+
+  /** `derived` takes the place of `t` (a re-laid copy): frees t at once and owns derived instead. */
+  replace(t: Tensor, derived: Tensor): Tensor {
+    if (derived === t) return t;
+    this.owned.delete(t);
+    t.release();
+    return this.own(derived);
+  }
+
+  /**
+   * Runs a model's loader over these weights and returns what it builds; if it throws,
+   * everything loaded so far is freed (a partly loaded model leaves nothing on the GPU).
+   */
+  build<T>(loader: (w: OwnedWeights) => T): T {
+    try {
+      return loader(this);
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+  }
+
+  /** Frees every owned tensor; the model they belong to is unusable afterwards. */
+  release(): void {
+    for (const t of this.owned) t.release();
+    this.owned.clear();
+    this.freed = true;
+  }
+
+  /** Throws `<model>: used after release()` once release() has run: a clearer error than a freed tensor's. */
+  checkLive(model: string): void {
+    if (this.freed) throw new Error(`${model}: used after release() (its weights are freed; load the model again)`);
+  }
+}
+
+/**
+ * Loads a pipeline's parts: `own` records each loaded part and returns it; if `load` throws
+ * (a part that fails to load, parts that do not fit together), the parts loaded so far are
+ * released before the error goes on.
+ */
+export async function loadParts<T>(load: (own: <P extends Releasable>(part: P) => P) => Promise<T>): Promise<T> {
+  const parts: Releasable[] = [];
+  try {
+    return await load((part) => (parts.push(part), part));
+  } catch (e) {
+    for (const p of parts) p.release();
+    throw e;
+  }
+}
+
 /**
  * Seeded random weights of any requested name and shape, for full-size benchmarks without
  * a checkpoint: uniform in +-1/sqrt(fan_in) for matrices (activations stay finite), ones
