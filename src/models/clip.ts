@@ -6,7 +6,7 @@ import { readJsonConfig } from '../io/modelFolder.js';
 import { embedding, layerNorm, linear, add } from '../kernels/index.js';
 import { clipEncoderLayer, loadClipEncoderLayers, loadLayerNorm, type ClipEncoderLayer, type ClipLN } from './clipEncoder.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
-import { WeightLoader, cfg, type WeightSource, isInt, isNum, oneOf, type WeightOptions } from './weights.js';
+import { OwnedWeights, WeightLoader, cfg, type WeightSource, isInt, isNum, oneOf, type WeightOptions } from './weights.js';
 import { findWeightFile } from '../io/modelFolder.js';
 
 export interface ClipTextConfig {
@@ -63,6 +63,7 @@ export class ClipTextModel {
     private layers: ClipLayer[],
     private finalLn: LN,
     private projection: Tensor | undefined,
+    private readonly weights: OwnedWeights,
   ) {}
 
   /**
@@ -80,20 +81,32 @@ export class ClipTextModel {
     }
   }
 
-  static fromWeights(dev: Device, config: ClipTextConfig, w: WeightSource, prefix: string, projectionName: string): ClipTextModel {
+  /**
+   * Builds the model from `src` (weights under `prefix`, the projection under `projectionName`
+   * when config.projectionDim is set and the source has it). The model owns what it loads: a
+   * load that fails part-way frees it before the error goes on.
+   */
+  static fromWeights(dev: Device, config: ClipTextConfig, src: WeightSource, prefix: string, projectionName: string): ClipTextModel {
     const H = config.hiddenSize;
     const F = config.intermediateSize;
-    const ln = (p: string): LN => loadLayerNorm(w, p, H);
-    // The token table stays f32 unless f16 was asked for (it is gathered, not multiplied).
-    const tokenEmb = w.load(`${prefix}embeddings.token_embedding.weight`, [config.vocabSize, H], 'matrix');
-    const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [config.maxPositions, H]);
-    const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
-    const finalLn = ln(`${prefix}final_layer_norm`);
-    let projection: Tensor | undefined;
-    if (config.projectionDim !== null && w.has(projectionName)) {
-      projection = w.load(projectionName, [config.projectionDim, H], 'matrix');
-    }
-    return new ClipTextModel(dev, config, tokenEmb, posEmb, layers, finalLn, projection);
+    return new OwnedWeights(src).build((w) => {
+      const ln = (p: string): LN => loadLayerNorm(w, p, H);
+      // The token table stays f32 unless f16 was asked for (it is gathered, not multiplied).
+      const tokenEmb = w.load(`${prefix}embeddings.token_embedding.weight`, [config.vocabSize, H], 'matrix');
+      const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [config.maxPositions, H]);
+      const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
+      const finalLn = ln(`${prefix}final_layer_norm`);
+      let projection: Tensor | undefined;
+      if (config.projectionDim !== null && w.has(projectionName)) {
+        projection = w.load(projectionName, [config.projectionDim, H], 'matrix');
+      }
+      return new ClipTextModel(dev, config, tokenEmb, posEmb, layers, finalLn, projection, w);
+    });
+  }
+
+  /** Frees the model's weights; the model is unusable afterwards. */
+  release(): void {
+    this.weights.release();
   }
 
   get hiddenSize(): number {
@@ -113,6 +126,7 @@ export class ClipTextModel {
     const B = ids.length;
     const L = ids[0]?.length ?? 0;
     const { hiddenSize: H, numHeads, maxPositions, vocabSize } = this.config;
+    this.weights.checkLive('CLIP text encoder');
     if (B === 0 || L === 0) throw new Error('CLIP text encoder: empty batch of token ids');
     if (L > maxPositions) throw new Error(`CLIP text encoder: ${L} tokens, more than max_position_embeddings ${maxPositions}`);
     for (const row of ids) {

@@ -14,7 +14,7 @@ import { scopeAsync, type Device } from '../tensor/index.js';
 import { ClipTextModel, parseClipTextConfig, type ClipTextConfig } from './clip.js';
 import { ClipVisionModel, parseClipVisionConfig, type ClipVisionConfig } from './clipVision.js';
 import { CLIPTokenizer } from './tokenizer.js';
-import { WeightLoader, cfg, isNum, type WeightOptions } from './weights.js';
+import { OwnedWeights, WeightLoader, cfg, isNum, type WeightOptions } from './weights.js';
 
 export interface ClipModelConfig {
   text: ClipTextConfig;
@@ -145,12 +145,22 @@ export class ClipModel {
         throw new Error(`${w.where}: weight "logit_scale" has shape [${ls.shape.join(', ')}], expected a scalar`);
       }
       const logitScale = w.file.readF32('logit_scale')[0]!;
-      const text = ClipTextModel.fromWeights(dev, config.text, w, 'text_model.', 'text_projection.weight');
-      const vision = ClipVisionModel.fromWeights(dev, config.vision, w, 'vision_model.', 'visual_projection.weight');
-      return new ClipModel(dir, config, text, vision, tokenizer, processor, logitScale);
+      // Each tower owns its weights; loading both through one more owner frees the text
+      // tower's too when the vision tower fails.
+      return new OwnedWeights(w).build((both) => {
+        const text = ClipTextModel.fromWeights(dev, config.text, both, 'text_model.', 'text_projection.weight');
+        const vision = ClipVisionModel.fromWeights(dev, config.vision, both, 'vision_model.', 'visual_projection.weight');
+        return new ClipModel(dir, config, text, vision, tokenizer, processor, logitScale);
+      });
     } finally {
       w.close();
     }
+  }
+
+  /** Frees both towers' weights; the model is unusable afterwards. */
+  release(): void {
+    this.text.release();
+    this.vision.release();
   }
 
   get projectionDim(): number {

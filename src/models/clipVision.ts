@@ -6,7 +6,7 @@
 import { concat, embedding, layerNorm, linear, add } from '../kernels/index.js';
 import { clipEncoderLayer, loadClipEncoderLayers, loadLayerNorm, type ClipEncoderLayer, type ClipLN } from './clipEncoder.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
-import { cfg, isInt, isNum, oneOf, type WeightSource } from './weights.js';
+import { OwnedWeights, cfg, isInt, isNum, oneOf, type WeightSource } from './weights.js';
 
 export interface ClipVisionConfig {
   hiddenSize: number;
@@ -111,26 +111,35 @@ export class ClipVisionModel {
     private layers: Layer[],
     private postLn: LN,
     private projection: Tensor | undefined,
+    private readonly weights: OwnedWeights,
   ) {}
 
   /**
-   * Loads the tower from `w` under `prefix` ('vision_model.' in a CLIPModel file) and, when
+   * Loads the tower from `src` under `prefix` ('vision_model.' in a CLIPModel file) and, when
    * config.projectionDim is set and the file has it, `projectionName` ('visual_projection.weight').
+   * The model owns what it loads: a load that fails part-way frees it before the error goes on.
    */
-  static fromWeights(dev: Device, config: ClipVisionConfig, w: WeightSource, prefix = 'vision_model.', projectionName = 'visual_projection.weight'): ClipVisionModel {
+  static fromWeights(dev: Device, config: ClipVisionConfig, src: WeightSource, prefix = 'vision_model.', projectionName = 'visual_projection.weight'): ClipVisionModel {
     const { hiddenSize: H, intermediateSize: F, numChannels: C, patchSize: p } = config;
     const N = ClipVisionModel.positions(config);
-    const ln = (name: string): LN => loadLayerNorm(w, name, H);
-    // Stored (H, C, p, p) / (H,); uploaded as the (H, C*p*p) matrix of the unfolded conv and a (1, H) table.
-    const patchWeight = w.load(`${prefix}embeddings.patch_embedding.weight`, [H, C * p * p], 'matrix', [[H, C, p, p]]);
-    const classEmb = w.load(`${prefix}embeddings.class_embedding`, [1, H], 'vector', [[H]]);
-    const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [N, H]);
-    const preLn = ln(`${prefix}pre_layrnorm`);
-    const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
-    const postLn = ln(`${prefix}post_layernorm`);
-    let projection: Tensor | undefined;
-    if (w.has(projectionName)) projection = w.load(projectionName, [config.projectionDim, H], 'matrix');
-    return new ClipVisionModel(dev, config, patchWeight, classEmb, posEmb, preLn, layers, postLn, projection);
+    return new OwnedWeights(src).build((w) => {
+      const ln = (name: string): LN => loadLayerNorm(w, name, H);
+      // Stored (H, C, p, p) / (H,); uploaded as the (H, C*p*p) matrix of the unfolded conv and a (1, H) table.
+      const patchWeight = w.load(`${prefix}embeddings.patch_embedding.weight`, [H, C * p * p], 'matrix', [[H, C, p, p]]);
+      const classEmb = w.load(`${prefix}embeddings.class_embedding`, [1, H], 'vector', [[H]]);
+      const posEmb = w.load(`${prefix}embeddings.position_embedding.weight`, [N, H]);
+      const preLn = ln(`${prefix}pre_layrnorm`);
+      const layers = loadClipEncoderLayers(w, prefix, config.numLayers, H, F);
+      const postLn = ln(`${prefix}post_layernorm`);
+      let projection: Tensor | undefined;
+      if (w.has(projectionName)) projection = w.load(projectionName, [config.projectionDim, H], 'matrix');
+      return new ClipVisionModel(dev, config, patchWeight, classEmb, posEmb, preLn, layers, postLn, projection, w);
+    });
+  }
+
+  /** Frees the model's weights; the model is unusable afterwards. */
+  release(): void {
+    this.weights.release();
   }
 
   /** Number of tokens: the class token plus (imageSize / patchSize)^2 patches. */
@@ -149,6 +158,7 @@ export class ClipVisionModel {
    */
   forward(pixels: Float32Array, batch: number, opts: { hiddenStates?: boolean } = {}): ClipVisionOutput {
     const { hiddenSize: H, numChannels: C, imageSize: S, patchSize: p, numHeads, layerNormEps: eps, hiddenAct: act } = this.config;
+    this.weights.checkLive('CLIP vision model');
     if (!Number.isInteger(batch) || batch < 1) throw new Error(`CLIP vision model: batch must be a positive integer, got ${batch}`);
     if (pixels.length !== batch * C * S * S) {
       throw new Error(
