@@ -9,6 +9,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
+import { loadParts } from './weights.js';
 
 /** A prompt's conditioning: hidden states (1, 77, D), and SDXL's pooled embedding (1, P). */
 export interface PromptEmbedding {
@@ -34,6 +35,8 @@ export interface DiffusionPipeline {
   unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor; textEmbeds?: Tensor; timeIds?: number[][] };
   /** Default segmentation weights for this model's attention layout (SD: the reference's). */
   readonly segmentationDefaults?: { cross_weight: number[]; self_weight: number[][] };
+  /** Frees the cached embeddings and every model's weights; the pipeline is unusable afterwards. */
+  release(): void;
 }
 
 export interface PipelineOptions {
@@ -66,12 +69,14 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     const schedCfgPath = join(paths.scheduler, 'scheduler_config.json');
     const schedule = DDIMSchedule.fromConfig(readJsonConfig(schedCfgPath), schedCfgPath);
     const tokenizer = CLIPTokenizer.fromFolder(paths.tokenizer);
-    const textEncoder = await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype });
-    const unet = await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType });
-    // The VAE stays f32 (diffusers' force_upcast): its activations are large and its
-    // latents feed every later step.
-    const vae = await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' });
-    return new StableDiffusionPipeline(dev, dir, tokenizer, textEncoder, unet, vae, schedule);
+    return loadParts(async (own) => {
+      const textEncoder = own(await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype }));
+      const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
+      // The VAE stays f32 (diffusers' force_upcast): its activations are large and its
+      // latents feed every later step.
+      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' }));
+      return new StableDiffusionPipeline(dev, dir, tokenizer, textEncoder, unet, vae, schedule);
+    });
   }
 
   /** A pipeline from already-built parts (benchmarks with random weights, tests). */
@@ -117,6 +122,13 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
   clearCache(): void {
     for (const t of this.embCache.values()) t.release();
     this.embCache.clear();
+  }
+
+  release(): void {
+    this.clearCache();
+    this.textEncoder.release();
+    this.unet.release();
+    this.vae.release();
   }
 }
 

@@ -15,6 +15,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
+import { loadParts } from './weights.js';
 
 /**
  * Default segmentation layer weights for SDXL's attention layout.
@@ -81,17 +82,21 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
     if (!paths.text_encoder_2 || !paths.tokenizer_2) {
       throw new Error(`${join(dir, 'model_index.json')}: an SDXL pipeline needs "text_encoder_2" and "tokenizer_2" components`);
     }
+    const textEncoder2Dir = paths.text_encoder_2;
     const matrixDtype = opts.weightDtype === 'f16' && dev.hasF16 ? 'f16' : 'f32';
     const schedCfgPath = join(paths.scheduler, 'scheduler_config.json');
     const schedule = DDIMSchedule.fromConfig(readJsonConfig(schedCfgPath), schedCfgPath);
     const tokenizer = CLIPTokenizer.fromFolder(paths.tokenizer);
     const tokenizer2 = CLIPTokenizer.fromFolder(paths.tokenizer_2);
-    const textEncoder = await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype });
-    const textEncoder2 = await ClipTextModel.load(dev, paths.text_encoder_2, { matrixDtype });
-    const unet = await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType });
-    // force_upcast: SDXL's VAE overflows in f16; it stays f32 whatever the rest uses.
-    const vae = await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' });
-    return new StableDiffusionXLPipeline(dev, dir, tokenizer, tokenizer2, textEncoder, textEncoder2, unet, vae, schedule);
+    // loadParts also frees the parts when they do not fit together (the constructor's checks).
+    return loadParts(async (own) => {
+      const textEncoder = own(await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype }));
+      const textEncoder2 = own(await ClipTextModel.load(dev, textEncoder2Dir, { matrixDtype }));
+      const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
+      // force_upcast: SDXL's VAE overflows in f16; it stays f32 whatever the rest uses.
+      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' }));
+      return new StableDiffusionXLPipeline(dev, dir, tokenizer, tokenizer2, textEncoder, textEncoder2, unet, vae, schedule);
+    });
   }
 
   /** Checks that the parts fit together (widths of the encoders vs the UNet's inputs). */
@@ -231,6 +236,11 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
       e.pooled.release();
     }
     this.embCache.clear();
+  }
+
+  release(): void {
+    this.clearCache();
+    for (const m of [this.textEncoder, this.textEncoder2, this.unet, this.vae]) m.release();
   }
 }
 
