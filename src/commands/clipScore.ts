@@ -220,60 +220,64 @@ export async function runClipScore(argv: string[]): Promise<number> {
   installInterruptHandler();
   const dev = await Device.get();
   const model = await ClipModel.load(dev, modelDir);
-  const P = model.projectionDim;
-  const progress = new Progress();
-  const total = used.length + images.length;
-  let done = 0;
-
-  // The reference never truncates: a prompt past the text model's positions fails there too.
-  const maxPos = model.config.text.maxPositions;
-  for (const i of used) {
-    const n = model.tokenizer.encode(prompts[i]!).length;
-    if (n > maxPos) {
-      throw new Error(
-        `--prompts ${values.prompts}: prompt ${i} (line ${i + 1}) has ${n} tokens with bos/eos, more than the CLIP text model's ${maxPos} positions; ` +
-          'evaluate_generation.py does not truncate and fails on it as well: shorten the prompt',
-      );
-    }
-  }
-
-  const textEmb = new Map<number, Float32Array>();
-  const scores = new Map<number, number[]>();
-  for (const i of used) scores.set(i, []); // first appearance in sorted file order
   try {
-    // Text embeddings: each prompt alone, as the reference's one-prompt processor call.
-    for (const i of used) {
-      checkInterrupted();
-      textEmb.set(i, l2NormalizeRows(await model.textFeatures(model.tokenize([prompts[i]!])), 1, P));
-      progress.update(`prompt ${++done}/${used.length}`, done / total);
-    }
-    for (let b = 0; b < images.length; b += IMAGE_BATCH) {
-      checkInterrupted();
-      const chunk = images.slice(b, b + IMAGE_BATCH);
-      const decoded = [];
-      for (const im of chunk) decoded.push(await readImageRGB(im.file));
-      const feats = l2NormalizeRows(await model.imageFeatures(model.preprocess(decoded), chunk.length), chunk.length, P);
-      chunk.forEach((im, k) => {
-        const logit = clipLogits(feats.subarray(k * P, (k + 1) * P), textEmb.get(im.promptIndex)!, P, model.logitScale)[0]!;
-        scores.get(im.promptIndex)!.push(logit);
-      });
-      done += chunk.length;
-      progress.update(`image ${b + chunk.length}/${images.length}`, done / total);
-    }
-  } catch (e) {
-    progress.done();
-    if (e instanceof Interrupted) {
-      console.error('interrupted: no score written');
-      return 130;
-    }
-    throw e;
-  }
-  progress.done();
+    const P = model.projectionDim;
+    const progress = new Progress();
+    const total = used.length + images.length;
+    let done = 0;
 
-  const avg = averageClipScore(scores);
-  const json = `{"avg_clip_score": ${pyFloatRepr(avg)}}`;
-  console.log(json);
-  await writeFileAtomic(outFile, json);
-  console.error(`wrote ${outFile} (${images.length} image${images.length === 1 ? '' : 's'}, ${used.length} prompt${used.length === 1 ? '' : 's'})`);
-  return 0;
+    // The reference never truncates: a prompt past the text model's positions fails there too.
+    const maxPos = model.config.text.maxPositions;
+    for (const i of used) {
+      const n = model.tokenizer.encode(prompts[i]!).length;
+      if (n > maxPos) {
+        throw new Error(
+          `--prompts ${values.prompts}: prompt ${i} (line ${i + 1}) has ${n} tokens with bos/eos, more than the CLIP text model's ${maxPos} positions; ` +
+            'evaluate_generation.py does not truncate and fails on it as well: shorten the prompt',
+        );
+      }
+    }
+
+    const textEmb = new Map<number, Float32Array>();
+    const scores = new Map<number, number[]>();
+    for (const i of used) scores.set(i, []); // first appearance in sorted file order
+    try {
+      // Text embeddings: each prompt alone, as the reference's one-prompt processor call.
+      for (const i of used) {
+        checkInterrupted();
+        textEmb.set(i, l2NormalizeRows(await model.textFeatures(model.tokenize([prompts[i]!])), 1, P));
+        progress.update(`prompt ${++done}/${used.length}`, done / total);
+      }
+      for (let b = 0; b < images.length; b += IMAGE_BATCH) {
+        checkInterrupted();
+        const chunk = images.slice(b, b + IMAGE_BATCH);
+        const decoded = [];
+        for (const im of chunk) decoded.push(await readImageRGB(im.file));
+        const feats = l2NormalizeRows(await model.imageFeatures(model.preprocess(decoded), chunk.length), chunk.length, P);
+        chunk.forEach((im, k) => {
+          const logit = clipLogits(feats.subarray(k * P, (k + 1) * P), textEmb.get(im.promptIndex)!, P, model.logitScale)[0]!;
+          scores.get(im.promptIndex)!.push(logit);
+        });
+        done += chunk.length;
+        progress.update(`image ${b + chunk.length}/${images.length}`, done / total);
+      }
+    } catch (e) {
+      progress.done();
+      if (e instanceof Interrupted) {
+        console.error('interrupted: no score written');
+        return 130;
+      }
+      throw e;
+    }
+    progress.done();
+
+    const avg = averageClipScore(scores);
+    const json = `{"avg_clip_score": ${pyFloatRepr(avg)}}`;
+    console.log(json);
+    await writeFileAtomic(outFile, json);
+    console.error(`wrote ${outFile} (${images.length} image${images.length === 1 ? '' : 's'}, ${used.length} prompt${used.length === 1 ? '' : 's'})`);
+    return 0;
+  } finally {
+    model.release();
+  }
 }

@@ -201,94 +201,98 @@ export async function runGenerate(argv: string[]): Promise<number> {
   installInterruptHandler();
   const dev = await Device.get();
   const pipe = await StableDiffusionPipeline.load(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
-  const c = pipe.unet.config;
-  const shape: [number, number, number, number] = [1, c.inChannels, c.sampleSize, c.sampleSize];
-  const latentInit = values.latent !== undefined ? readLatentFile(values.latent, shape) : undefined;
-  const timesteps = samplingTimesteps(steps, pipe.schedule.numTrainTimesteps).map((s) => s.t);
-
-  const jsonPath = join(out, 'generation.json');
-  const settings: Omit<GenerationJson, 'prompts'> = {
-    model: values.model ?? BUNDLED_PIPELINE,
-    steps,
-    timesteps,
-    guidance,
-    elbo_strength: elboStrength,
-    elbo_timesteps: elboTimesteps,
-    seed: latentInit ? null : seed,
-    latent: values.latent !== undefined ? resolve(values.latent) : null,
-    no_elbo: Boolean(values['no-elbo']),
-  };
-  let previous: GenerationRecord[] = [];
-  if (existsSync(jsonPath) && !values.force) {
-    let old: GenerationJson;
-    try {
-      old = JSON.parse(readFileSync(jsonPath, 'utf8')) as GenerationJson;
-    } catch (e) {
-      throw new Error(`${jsonPath}: cannot read the previous run's JSON (${(e as Error).message}); use --force or another --out`);
-    }
-    const changed = (Object.keys(settings) as (keyof typeof settings)[]).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(settings[k]));
-    if (changed.length > 0) {
-      throw new Error(
-        `--out ${out} holds images made with other settings (${changed.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(settings[k])} now`).join('; ')}); ` +
-          'use another --out, or --force to regenerate them all',
-      );
-    }
-    previous = Array.isArray(old.prompts) ? old.prompts : [];
-  }
-  const records = new Map<number, GenerationRecord>();
-  for (const r of previous) {
-    // Keep what still describes an image on disk for the same prompt at the same index.
-    if (r.prompt === prompts[r.index] && existsSync(join(out, r.image))) records.set(r.index, r);
-  }
-  const todo = prompts.map((_, i) => i).filter((i) => values.force || !records.has(i));
-  const save = async (): Promise<void> => {
-    const json: GenerationJson = { ...settings, prompts: [...records.values()].sort((a, b) => a.index - b.index) };
-    await writeFileAtomic(jsonPath, `${JSON.stringify(json, null, 1)}\n`);
-  };
-
-  const progress = new Progress(values.quiet);
-  let doneCount = 0;
   try {
-    for (const i of todo) {
-      const image = join('images', imageName(i, prompts.length));
-      const label = prompts.length > 1 ? `prompt ${i + 1}/${prompts.length}` : 'prompt';
-      progress.update(`${label}: starting`, doneCount / todo.length);
-      const r = await generate(pipe, prompts[i]!, {
-        steps,
-        guidance,
-        elboStrength,
-        elboTimesteps,
-        seed,
-        latentInit,
-        noElbo: values['no-elbo'],
-        onStep: (p) => {
-          const text = p.phase === 'decode' ? `${label}: decoding` : `${label}: step ${p.done}/${p.total} t=${p.t}`;
-          progress.update(text, (doneCount + (p.phase === 'decode' ? 0.99 : (0.98 * p.done) / p.total)) / todo.length);
-          checkInterrupted();
-        },
-      });
-      if (r.warning && !values['no-elbo']) {
-        progress.done();
-        console.error(`note: ${label}: ${r.warning}`);
+    const c = pipe.unet.config;
+    const shape: [number, number, number, number] = [1, c.inChannels, c.sampleSize, c.sampleSize];
+    const latentInit = values.latent !== undefined ? readLatentFile(values.latent, shape) : undefined;
+    const timesteps = samplingTimesteps(steps, pipe.schedule.numTrainTimesteps).map((s) => s.t);
+
+    const jsonPath = join(out, 'generation.json');
+    const settings: Omit<GenerationJson, 'prompts'> = {
+      model: values.model ?? BUNDLED_PIPELINE,
+      steps,
+      timesteps,
+      guidance,
+      elbo_strength: elboStrength,
+      elbo_timesteps: elboTimesteps,
+      seed: latentInit ? null : seed,
+      latent: values.latent !== undefined ? resolve(values.latent) : null,
+      no_elbo: Boolean(values['no-elbo']),
+    };
+    let previous: GenerationRecord[] = [];
+    if (existsSync(jsonPath) && !values.force) {
+      let old: GenerationJson;
+      try {
+        old = JSON.parse(readFileSync(jsonPath, 'utf8')) as GenerationJson;
+      } catch (e) {
+        throw new Error(`${jsonPath}: cannot read the previous run's JSON (${(e as Error).message}); use --force or another --out`);
       }
-      await writeRgbPng(join(out, image), r.image.width, r.image.height, r.image.data);
-      records.set(i, toRecord(i, prompts[i]!, image, r));
-      await save();
-      doneCount++;
-      checkInterrupted();
+      const changed = (Object.keys(settings) as (keyof typeof settings)[]).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(settings[k]));
+      if (changed.length > 0) {
+        throw new Error(
+          `--out ${out} holds images made with other settings (${changed.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(settings[k])} now`).join('; ')}); ` +
+            'use another --out, or --force to regenerate them all',
+        );
+      }
+      previous = Array.isArray(old.prompts) ? old.prompts : [];
     }
-  } catch (e) {
+    const records = new Map<number, GenerationRecord>();
+    for (const r of previous) {
+      // Keep what still describes an image on disk for the same prompt at the same index.
+      if (r.prompt === prompts[r.index] && existsSync(join(out, r.image))) records.set(r.index, r);
+    }
+    const todo = prompts.map((_, i) => i).filter((i) => values.force || !records.has(i));
+    const save = async (): Promise<void> => {
+      const json: GenerationJson = { ...settings, prompts: [...records.values()].sort((a, b) => a.index - b.index) };
+      await writeFileAtomic(jsonPath, `${JSON.stringify(json, null, 1)}\n`);
+    };
+
+    const progress = new Progress(values.quiet);
+    let doneCount = 0;
+    try {
+      for (const i of todo) {
+        const image = join('images', imageName(i, prompts.length));
+        const label = prompts.length > 1 ? `prompt ${i + 1}/${prompts.length}` : 'prompt';
+        progress.update(`${label}: starting`, doneCount / todo.length);
+        const r = await generate(pipe, prompts[i]!, {
+          steps,
+          guidance,
+          elboStrength,
+          elboTimesteps,
+          seed,
+          latentInit,
+          noElbo: values['no-elbo'],
+          onStep: (p) => {
+            const text = p.phase === 'decode' ? `${label}: decoding` : `${label}: step ${p.done}/${p.total} t=${p.t}`;
+            progress.update(text, (doneCount + (p.phase === 'decode' ? 0.99 : (0.98 * p.done) / p.total)) / todo.length);
+            checkInterrupted();
+          },
+        });
+        if (r.warning && !values['no-elbo']) {
+          progress.done();
+          console.error(`note: ${label}: ${r.warning}`);
+        }
+        await writeRgbPng(join(out, image), r.image.width, r.image.height, r.image.data);
+        records.set(i, toRecord(i, prompts[i]!, image, r));
+        await save();
+        doneCount++;
+        checkInterrupted();
+      }
+    } catch (e) {
+      progress.done();
+      if (e instanceof Interrupted) {
+        console.error(`stopped: finished images are in ${join(out, 'images')}; rerun the same command to continue`);
+        return 130;
+      }
+      throw e;
+    }
+    if (todo.length === 0) await save();
     progress.done();
-    if (e instanceof Interrupted) {
-      console.error(`stopped: finished images are in ${join(out, 'images')}; rerun the same command to continue`);
-      return 130;
-    }
-    throw e;
+    const skipped = prompts.length - todo.length;
+    if (skipped) console.error(`${skipped} prompt(s) already done, skipped (use --force to redo)`);
+    console.log(`images: ${join(out, 'images')}\nrecord: ${jsonPath}`);
+    return 0;
+  } finally {
+    pipe.release();
   }
-  if (todo.length === 0) await save();
-  progress.done();
-  const skipped = prompts.length - todo.length;
-  if (skipped) console.error(`${skipped} prompt(s) already done, skipped (use --force to redo)`);
-  console.log(`images: ${join(out, 'images')}\nrecord: ${jsonPath}`);
-  return 0;
 }

@@ -201,68 +201,72 @@ export async function runSegment(argv: string[]): Promise<number> {
   installInterruptHandler();
   const dev = await Device.get();
   const pipe = await loadPipeline(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
-  applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(positionals), values['reference-exact']);
-  if (noiseFile) {
-    const side = pipe.vae.sampleSize / 8;
-    const nElbo = parseTimesteps(config.elbo_timesteps, config.seed).length;
-    const nCollect = parseTimesteps(config.collect_timesteps, config.seed + 1).length;
-    checkNoiseShapes(noiseFile, values.noise!, nElbo, nCollect, [1, pipe.unet.config.inChannels, side, side]);
-  }
-  const progress = new Progress(values.quiet);
-  const elboPath = join(out, 'elbo.json');
-  const record: ElboRecord = existsSync(elboPath) ? readJsonObject(elboPath, 'existing') : {};
-  const minMaxPath = join(out, 'elbo_min_max.json');
-  const savedMinMax: Record<string, Record<string, number>> = existsSync(minMaxPath) ? readJsonObject(minMaxPath, 'existing') : {};
-  await writeFileAtomic(
-    join(out, 'config.json'),
-    JSON.stringify({ ...config, model: values.model ?? BUNDLED_PIPELINE, dtype, classes, images: images.map((p) => resolve(p)) }, null, 1),
-  );
-  let skipped = 0;
   try {
-    for (let i = 0; i < images.length; i++) {
-      const stem = stems[i]!;
-      const done = classes.every((c) => existsSync(join(out, 'heatmaps', `${stem}_${fileSafe(c)}.png`)));
-      if (done && !values.force && !values.dump) {
-        skipped++;
-        continue;
-      }
-      const r = await segmentImage(pipe, decoded[i]!, classes, {
-        config,
-        noise: noiseFile ? { elbo: noiseFile.elbo, collect: noiseFile.collect } : undefined,
-        normalizedElbo: elboLookup ? elboLookup[stem] ?? elboLookup[basename(images[i]!)] : undefined,
-        wantSelfMatrix: Boolean(values.dump),
-        maxBatch: batch,
-        referenceExact: values['reference-exact'],
-        onProgress: (p) => {
-          const [text, frac] = describeProgress(p, i, images.length, stem);
-          progress.update(text, frac);
-          checkInterrupted();
-        },
-      });
-      await writeImageOutputs(out, stem, decoded[i]!, r, config, !values['no-overlays']);
-      record[stem] = Object.fromEntries(
-        r.classes.map((c) => [c.name, { loss: Number.isNaN(c.loss) ? null : c.loss, losses: c.losses, normalized_elbo: c.normalizedElbo, temperature: c.temperature }]),
-      );
-      await writeFileAtomic(elboPath, JSON.stringify(record, null, 1));
-      if (config.save_elbo) {
-        savedMinMax[stem] = Object.fromEntries(r.classes.map((c) => [c.name, c.normalizedElbo]));
-        await writeFileAtomic(minMaxPath, JSON.stringify(savedMinMax));
-      }
-      if (values.dump) {
-        const dumpPath = images.length === 1 ? values.dump : values.dump.replace(/(\.safetensors)?$/, `.${stem}.safetensors`);
-        await writeSafetensors(dumpPath, dumpTensors(r));
-      }
+    applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(positionals), values['reference-exact']);
+    if (noiseFile) {
+      const side = pipe.vae.sampleSize / 8;
+      const nElbo = parseTimesteps(config.elbo_timesteps, config.seed).length;
+      const nCollect = parseTimesteps(config.collect_timesteps, config.seed + 1).length;
+      checkNoiseShapes(noiseFile, values.noise!, nElbo, nCollect, [1, pipe.unet.config.inChannels, side, side]);
     }
-  } catch (e) {
+    const progress = new Progress(values.quiet);
+    const elboPath = join(out, 'elbo.json');
+    const record: ElboRecord = existsSync(elboPath) ? readJsonObject(elboPath, 'existing') : {};
+    const minMaxPath = join(out, 'elbo_min_max.json');
+    const savedMinMax: Record<string, Record<string, number>> = existsSync(minMaxPath) ? readJsonObject(minMaxPath, 'existing') : {};
+    await writeFileAtomic(
+      join(out, 'config.json'),
+      JSON.stringify({ ...config, model: values.model ?? BUNDLED_PIPELINE, dtype, classes, images: images.map((p) => resolve(p)) }, null, 1),
+    );
+    let skipped = 0;
+    try {
+      for (let i = 0; i < images.length; i++) {
+        const stem = stems[i]!;
+        const done = classes.every((c) => existsSync(join(out, 'heatmaps', `${stem}_${fileSafe(c)}.png`)));
+        if (done && !values.force && !values.dump) {
+          skipped++;
+          continue;
+        }
+        const r = await segmentImage(pipe, decoded[i]!, classes, {
+          config,
+          noise: noiseFile ? { elbo: noiseFile.elbo, collect: noiseFile.collect } : undefined,
+          normalizedElbo: elboLookup ? elboLookup[stem] ?? elboLookup[basename(images[i]!)] : undefined,
+          wantSelfMatrix: Boolean(values.dump),
+          maxBatch: batch,
+          referenceExact: values['reference-exact'],
+          onProgress: (p) => {
+            const [text, frac] = describeProgress(p, i, images.length, stem);
+            progress.update(text, frac);
+            checkInterrupted();
+          },
+        });
+        await writeImageOutputs(out, stem, decoded[i]!, r, config, !values['no-overlays']);
+        record[stem] = Object.fromEntries(
+          r.classes.map((c) => [c.name, { loss: Number.isNaN(c.loss) ? null : c.loss, losses: c.losses, normalized_elbo: c.normalizedElbo, temperature: c.temperature }]),
+        );
+        await writeFileAtomic(elboPath, JSON.stringify(record, null, 1));
+        if (config.save_elbo) {
+          savedMinMax[stem] = Object.fromEntries(r.classes.map((c) => [c.name, c.normalizedElbo]));
+          await writeFileAtomic(minMaxPath, JSON.stringify(savedMinMax));
+        }
+        if (values.dump) {
+          const dumpPath = images.length === 1 ? values.dump : values.dump.replace(/(\.safetensors)?$/, `.${stem}.safetensors`);
+          await writeSafetensors(dumpPath, dumpTensors(r));
+        }
+      }
+    } catch (e) {
+      progress.done();
+      if (e instanceof Interrupted) {
+        console.error(`stopped: outputs of finished images are in ${out}; rerun the same command to continue`);
+        return 130;
+      }
+      throw e;
+    }
     progress.done();
-    if (e instanceof Interrupted) {
-      console.error(`stopped: outputs of finished images are in ${out}; rerun the same command to continue`);
-      return 130;
-    }
-    throw e;
+    if (skipped) console.error(`${skipped} image(s) already done, skipped (use --force to redo)`);
+    console.log(`heatmaps: ${join(out, 'heatmaps')}\noverlays: ${join(out, 'overlays')}\nELBO figures: ${elboPath}`);
+    return 0;
+  } finally {
+    pipe.release();
   }
-  progress.done();
-  if (skipped) console.error(`${skipped} image(s) already done, skipped (use --force to redo)`);
-  console.log(`heatmaps: ${join(out, 'heatmaps')}\noverlays: ${join(out, 'overlays')}\nELBO figures: ${elboPath}`);
-  return 0;
 }

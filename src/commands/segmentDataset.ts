@@ -96,80 +96,84 @@ export async function runSegmentDataset(argv: string[]): Promise<number> {
   installInterruptHandler();
   const dev = await Device.get();
   const pipe = await loadPipeline(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
-  applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(methodOverrides));
-  const progress = new Progress(values.quiet);
-  const elboPath = join(out, 'elbo.json');
-  const record: Record<string, unknown> = existsSync(elboPath) ? (JSON.parse(readFileSync(elboPath, 'utf8')) as Record<string, unknown>) : {};
-  const minMaxPath = join(out, 'elbo_min_max.json');
-  const savedMinMax: Record<string, Record<string, number>> = existsSync(minMaxPath) ? (JSON.parse(readFileSync(minMaxPath, 'utf8')) as Record<string, Record<string, number>>) : {};
-  let done = 0;
-  let skipped = 0;
-  let noLabels = 0;
   try {
-    for (let i = 0; i < entries.length; i++) {
-      const e = entries[i]!;
-      const labelIdx = labelsJson ? labelsJson.get(e.name) : labelsFromGt(ds, loadGroundTruth(e.gtPath, ds.dataset));
-      if (!labelIdx) throw new Error(`--labels ${values.labels}: no labels for image "${e.name}"`);
-      if (labelIdx.length === 0) {
-        noLabels++;
-        continue;
-      }
-      const classes = labelIdx.map((k) => ds.categories[k]!.name);
-      const stem = String(e.index);
-      if (!values.force && classes.every((c) => existsSync(join(out, 'heatmaps', `${stem}_${fileSafe(c)}.png`)))) {
-        skipped++;
-        continue;
-      }
-      const img = await readImageRGB(e.imgPath);
-      // AEP "file" mode (run_segmentation.py): a referring phrase per class and image.
-      let elboTexts: string[] | undefined;
-      let sourceText: string | undefined;
-      let positionTexts: string[] | undefined;
-      if (prompts) {
-        const p = prompts[e.name];
-        if (!p) throw new Error(`name_to_prompts: no entry for image "${e.name}"`);
-        const phraseOf = (c: string): string => {
-          const k = p.subject.indexOf(c);
-          if (k < 0) throw new Error(`name_to_prompts: image "${e.name}" has no phrase for class "${c}" (subjects: ${p.subject.join(', ')})`);
-          return p.phrase[k]!;
-        };
-        if (config.elbo_text.type === 'file') elboTexts = classes.map((c) => `a photo of ${phraseOf(c)}`);
-        if (config.source_text.type === 'file') {
-          sourceText = config.source_text.prompt.replace('{classes}', p.phrase.join(', '));
-          positionTexts = classes.map((c) => classPositionText(c, phraseOf(c)));
+    applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(methodOverrides));
+    const progress = new Progress(values.quiet);
+    const elboPath = join(out, 'elbo.json');
+    const record: Record<string, unknown> = existsSync(elboPath) ? (JSON.parse(readFileSync(elboPath, 'utf8')) as Record<string, unknown>) : {};
+    const minMaxPath = join(out, 'elbo_min_max.json');
+    const savedMinMax: Record<string, Record<string, number>> = existsSync(minMaxPath) ? (JSON.parse(readFileSync(minMaxPath, 'utf8')) as Record<string, Record<string, number>>) : {};
+    let done = 0;
+    let skipped = 0;
+    let noLabels = 0;
+    try {
+      for (let i = 0; i < entries.length; i++) {
+        const e = entries[i]!;
+        const labelIdx = labelsJson ? labelsJson.get(e.name) : labelsFromGt(ds, loadGroundTruth(e.gtPath, ds.dataset));
+        if (!labelIdx) throw new Error(`--labels ${values.labels}: no labels for image "${e.name}"`);
+        if (labelIdx.length === 0) {
+          noLabels++;
+          continue;
         }
+        const classes = labelIdx.map((k) => ds.categories[k]!.name);
+        const stem = String(e.index);
+        if (!values.force && classes.every((c) => existsSync(join(out, 'heatmaps', `${stem}_${fileSafe(c)}.png`)))) {
+          skipped++;
+          continue;
+        }
+        const img = await readImageRGB(e.imgPath);
+        // AEP "file" mode (run_segmentation.py): a referring phrase per class and image.
+        let elboTexts: string[] | undefined;
+        let sourceText: string | undefined;
+        let positionTexts: string[] | undefined;
+        if (prompts) {
+          const p = prompts[e.name];
+          if (!p) throw new Error(`name_to_prompts: no entry for image "${e.name}"`);
+          const phraseOf = (c: string): string => {
+            const k = p.subject.indexOf(c);
+            if (k < 0) throw new Error(`name_to_prompts: image "${e.name}" has no phrase for class "${c}" (subjects: ${p.subject.join(', ')})`);
+            return p.phrase[k]!;
+          };
+          if (config.elbo_text.type === 'file') elboTexts = classes.map((c) => `a photo of ${phraseOf(c)}`);
+          if (config.source_text.type === 'file') {
+            sourceText = config.source_text.prompt.replace('{classes}', p.phrase.join(', '));
+            positionTexts = classes.map((c) => classPositionText(c, phraseOf(c)));
+          }
+        }
+        const r = await segmentImage(pipe, img, classes, {
+          config,
+          elboTexts,
+          sourceText,
+          positionTexts,
+          normalizedElbo: elboLookup?.[e.name],
+          maxBatch: batch,
+          onProgress: (p) => {
+            const [text, frac] = describeProgress(p, i, entries.length, e.name);
+            progress.update(text, frac);
+            checkInterrupted();
+          },
+        });
+        await writeImageOutputs(out, stem, img, r, config, !values['no-overlays']);
+        record[e.name] = { index: e.index, classes: Object.fromEntries(r.classes.map((c) => [c.name, { loss: Number.isNaN(c.loss) ? null : c.loss, normalized_elbo: c.normalizedElbo, temperature: c.temperature }])) };
+        await writeFileAtomic(elboPath, JSON.stringify(record));
+        if (config.save_elbo) {
+          savedMinMax[e.name] = Object.fromEntries(r.classes.map((c) => [c.name, c.normalizedElbo]));
+          await writeFileAtomic(minMaxPath, JSON.stringify(savedMinMax));
+        }
+        done++;
       }
-      const r = await segmentImage(pipe, img, classes, {
-        config,
-        elboTexts,
-        sourceText,
-        positionTexts,
-        normalizedElbo: elboLookup?.[e.name],
-        maxBatch: batch,
-        onProgress: (p) => {
-          const [text, frac] = describeProgress(p, i, entries.length, e.name);
-          progress.update(text, frac);
-          checkInterrupted();
-        },
-      });
-      await writeImageOutputs(out, stem, img, r, config, !values['no-overlays']);
-      record[e.name] = { index: e.index, classes: Object.fromEntries(r.classes.map((c) => [c.name, { loss: Number.isNaN(c.loss) ? null : c.loss, normalized_elbo: c.normalizedElbo, temperature: c.temperature }])) };
-      await writeFileAtomic(elboPath, JSON.stringify(record));
-      if (config.save_elbo) {
-        savedMinMax[e.name] = Object.fromEntries(r.classes.map((c) => [c.name, c.normalizedElbo]));
-        await writeFileAtomic(minMaxPath, JSON.stringify(savedMinMax));
+    } catch (err) {
+      progress.done();
+      if (err instanceof Interrupted) {
+        console.error(`stopped after ${done} image(s); rerun the same command to continue`);
+        return 130;
       }
-      done++;
+      throw err;
     }
-  } catch (err) {
     progress.done();
-    if (err instanceof Interrupted) {
-      console.error(`stopped after ${done} image(s); rerun the same command to continue`);
-      return 130;
-    }
-    throw err;
+    console.log(`segmented ${done} image(s), skipped ${skipped} already done${noLabels ? `, ${noLabels} without foreground labels` : ''}; heatmaps in ${join(out, 'heatmaps')}`);
+    return 0;
+  } finally {
+    pipe.release();
   }
-  progress.done();
-  console.log(`segmented ${done} image(s), skipped ${skipped} already done${noLabels ? `, ${noLabels} without foreground labels` : ''}; heatmaps in ${join(out, 'heatmaps')}`);
-  return 0;
 }
