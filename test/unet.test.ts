@@ -62,6 +62,10 @@ describe('UNet weights on the GPU', () => {
     unet.release();
     await dev.sync();
     expect(dev.liveBytes).toBe(base);
+    const sample = Tensor.zeros(dev, [1, unet.config.inChannels, 8, 8]);
+    const ehs = Tensor.zeros(dev, [1, 77, unet.config.crossAttentionDim]);
+    expect(() => unet.forward({ sample, timesteps: [1], encoderHiddenStates: ehs })).toThrow(/^UNet2DConditionModel: used after release\(\)/);
+    for (const t of [sample, ehs]) t.release();
 
     // a weight source whose 40th tensor is missing: past the first GEGLU and 3x3 convs,
     // whose loaded tensors are replaced by re-laid copies
