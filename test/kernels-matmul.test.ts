@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { matmul, linear, gemv, setMaxBindingBytes, variants, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
+import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, variants, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 
 const ACTS: Record<Act, (x: number) => number> = {
@@ -104,6 +104,17 @@ describe('matmul', () => {
       for (const [M, N, K] of shapes) {
         await check(variant, 1, M, N, K);
       }
+    }
+  });
+
+  it('cpu: few rows take 2 or 1 rows per lane (no workgroup of mostly clamped rows), and agree', async () => {
+    dev = await getDevice();
+    expect([2, 8, 9, 16, 17, 24, 40, 77, 4096].map(sgRowsPerLane)).toEqual([1, 1, 2, 2, 4, 4, 2, 4, 4]);
+    // Winograd's 8x8 images: 16 rows in 16 batches; and 5 rows (1 per lane), f32 and f16 b.
+    for (const f16 of dev.hasF16 ? [false, true] : [false]) {
+      await check('cpu', 16, 16, 40, 48, { transB: true, f16, bBatched: true });
+      await check('cpu', 2, 5, 24, 36, { transB: true, f16, bias: new Float32Array(), act: 'silu' });
+      await check('cpu', 1, 40, 72, 32, { transB: true, f16 });
     }
   });
 
