@@ -115,6 +115,9 @@ describe('matmul', () => {
       await check('cpu', 16, 16, 40, 48, { transB: true, f16, bBatched: true });
       await check('cpu', 2, 5, 24, 36, { transB: true, f16, bias: new Float32Array(), act: 'silu' });
       await check('cpu', 1, 40, 72, 32, { transB: true, f16 });
+      // a transposed and read as 4-row vec4s (a 1x1 conv of a 4x4 image) keeps 4 rows per lane.
+      await check('cpu', 2, 16, 24, 32, { transA: true, transB: true, f16 });
+      await check('cpu', 1, 8, 40, 12, { transA: true, transB: true, f16 });
     }
   });
 

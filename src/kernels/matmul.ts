@@ -322,7 +322,8 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   // columns of b, each loads 1/8 of them and broadcasts (SG_B in shaders/matmul_cpu.wgsl).
   // b then costs little, so the block turns wide and short.
   const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
-  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { ...(d.B_TH8 ? SG_TILE_F16 : SG_TILE_F32), TM: sgRowsPerLane(c.M) });
+  // Fewer rows per lane for short problems, except with a read as 4-row vec4s (A_T4).
+  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { ...(d.B_TH8 ? SG_TILE_F16 : SG_TILE_F32), TM: d.A_T4 ? SG_TILE_F32.TM : sgRowsPerLane(c.M) });
   d.BIAS_F16 = biasF16;
   // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
   d.GLU = glu;
