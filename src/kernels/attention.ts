@@ -87,8 +87,8 @@ function dmax4(d: number): number {
 /**
  * Body of attention_cpu.wgsl for R rows and JB keys per block. Rows and keys are unrolled
  * into named variables; the loops over d stay rolled (d is a uniform: one pipeline for
- * every head size), with the output rows in a private array touched once per R x JB
- * multiply-adds.
+ * every head size), with the output rows touched once per R x JB multiply-adds, in
+ * workgroup memory (`oWg`, see outputRowsInWorkgroup) or a private array.
  */
 function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: boolean): string {
   const rs = range(R);
