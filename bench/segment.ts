@@ -9,7 +9,7 @@ import { DDIMSchedule } from '../src/models/scheduler.js';
 import { CLIPTokenizer } from '../src/models/tokenizer.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
-import { RandomWeights, type WeightLoader } from '../src/models/weights.js';
+import { RandomWeights } from '../src/models/weights.js';
 import { CLIP_L_TEXT, SD15_UNET, printProfile, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
 
 /** SD 1.5's vae/config.json. */
@@ -52,7 +52,7 @@ function vaeEncoderFlops(S: number): number {
 
 function randomVae(dev: Device): AutoencoderKL {
   const config = parseVaeConfig(SD15_VAE, 'SD 1.5 vae config');
-  return AutoencoderKL.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }) as unknown as WeightLoader);
+  return AutoencoderKL.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }));
 }
 
 export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
