@@ -177,8 +177,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
   for (; k < p.K; k++) {
     var bs: array<vec4<f32>, NV>;
-    // column offsets recomputed here: keeping bc live across the main loop cost registers
-    for (var c = 0u; c < TN; c++) { bs[c / 4u][c % 4u] = ldB(bB + min(col0 + c, p.N - 1u) * p.bCs + k * p.bRs); }
+    for (var c = 0u; c < TN; c++) { bs[c / 4u][c % 4u] = ldB(bc[c] + k * p.bRs); }
     for (var r = 0u; r < TM; r++) {
       let x = ldA(ar[r] + k * p.aCs);
       for (var c = 0u; c < NV; c++) { acc[r][c] += x * bs[c]; }

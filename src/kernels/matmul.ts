@@ -252,10 +252,9 @@ function parseTile(s: string | undefined): { TM: number; NV: number } | undefine
 // Tile shapes of the cpu kernel (benchmarked in bench/kernels-matmul.ts).
 const TILE_OVERRIDE = parseTile(process.env.ELBO_MATMUL_TILE);
 const CPU_TILE = TILE_OVERRIDE ?? { TM: 16, NV: 4 };
-// With SG_B, by CPU time at 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B ~9 (before the
-// pairwise products; 15-19 after); f16 b 4x8 ~13 vs 8x4 ~11 in the same process.
-const SG_TILE_F32 = { TM: 4, NV: 8 };
-const SG_TILE_F16 = { TM: 4, NV: 8 };
+// With SG_B, f32 or f16 b, by CPU time at 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B
+// ~9 (before the pairwise products; 15-19 after); f16 b 4x8 ~13 vs 8x4 ~11 in one process.
+const SG_TILE = { TM: 4, NV: 8 };
 const GEMV_TILE = { TM: 1, NV: 2 };
 
 /**
@@ -266,7 +265,7 @@ const GEMV_TILE = { TM: 1, NV: 2 };
  * 4 -> 2 rows per lane 8.4 -> 17.0 GFLOP/s; M = 8, 4 -> 1 3.9 -> 10.6; M = 24 within noise.
  */
 export function sgRowsPerLane(M: number): number {
-  const options: [rows: number, costPerRow: number][] = [[SG_TILE_F32.TM, 1], [2, 1.3], [1, 1.7]];
+  const options: [rows: number, costPerRow: number][] = [[SG_TILE.TM, 1], [2, 1.3], [1, 1.7]];
   const cost = ([tm, w]: [number, number]): number => Math.ceil(M / (8 * tm)) * 8 * tm * w;
   let best = options[0]!;
   for (const o of options) if (cost(o) < cost(best)) best = o;
@@ -323,7 +322,7 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   // b then costs little, so the block turns wide and short.
   const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
   // Fewer rows per lane for short problems, except with a read as 4-row vec4s (A_T4).
-  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { ...(d.B_TH8 ? SG_TILE_F16 : SG_TILE_F32), TM: d.A_T4 ? SG_TILE_F32.TM : sgRowsPerLane(c.M) });
+  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { NV: SG_TILE.NV, TM: d.A_T4 ? SG_TILE.TM : sgRowsPerLane(c.M) });
   d.BIAS_F16 = biasF16;
   // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
   d.GLU = glu;

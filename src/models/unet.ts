@@ -220,9 +220,7 @@ export class UNet2DConditionModel {
     if (opts.predictionType) config.predictionType = opts.predictionType;
     const w = WeightLoader.open(dev, findWeightFile(dir, 'diffusion_pytorch_model', opts.matrixDtype === 'f16'), opts);
     try {
-      const m = new UNet2DConditionModel(dev, config);
-      m.loadWeights(w);
-      return m;
+      return UNet2DConditionModel.fromWeights(dev, config, w);
     } finally {
       w.close();
     }
@@ -236,11 +234,11 @@ export class UNet2DConditionModel {
   }
 
   /** Every GPU tensor the model holds (loaded weights and their re-laid forms), for release(). */
-  private owned: OwnedWeights | undefined;
+  private owned!: OwnedWeights;
 
   /** Frees the model's weights; the model is unusable afterwards. */
   release(): void {
-    this.owned?.release();
+    this.owned.release();
   }
 
   /** Loads every weight; on a failure, what was loaded so far is freed before the error goes on. */
@@ -408,7 +406,7 @@ export class UNet2DConditionModel {
   forward(inp: UNetInputs): Tensor {
     const { sample, store } = inp;
     const [B, , h, w] = sample.shape as [number, number, number, number];
-    this.owned?.checkLive('UNet2DConditionModel');
+    this.owned.checkLive('UNet2DConditionModel');
     const c = this.config;
     const W = this.weights;
     const levels = c.blockOutChannels.length - 1;
