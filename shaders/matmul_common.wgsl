@@ -20,6 +20,8 @@ struct P {
   // conv2d only: input and output planes, kernel, stride, left padding (padT: top)
   H: u32, W: u32, Ho: u32, Wo: u32,
   kh: u32, kw: u32, stride: u32, pad: u32,
+  // matmul_gpu2 / matmul_splitk: K splits, k per split, the scratch's split stride
+  ks: u32, kc: u32, sStride: u32, e1: u32,
 }
 
 // flags

@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { conv2d, convVariants as variants, prepareConvWeight } from '../src/kernels/conv.js';
+import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
 import { setWinogradMinTiles, setWinogradTile, winogradTileFor } from '../src/kernels/winograd.js';
-import { setMaxBindingBytes, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
+import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
+import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 
 const ACTS: Partial<Record<Act, (x: number) => number>> = {
   none: (x) => x,
@@ -47,9 +48,10 @@ function refConv(x: Float32Array, w: Float32Array, c: Case, bias?: Float32Array,
 }
 
 let dev: Device;
-const VARIANTS = (process.env.MM_VARIANTS?.split(',') ?? variants()) as MatmulVariant[];
+const VARIANTS = gemmVariants();
+const VARIANTS_WHOLE = gemmVariants({ whole: true });
 
-async function check(variant: MatmulVariant, c: Case, seed = 1): Promise<number> {
+async function check(variant: TestVariant, c: Case, seed = 1): Promise<number> {
   const xd = randn(c.B * c.Ci * c.H * c.W, seed);
   let wd = randn(c.Co * c.Ci * c.k * c.k, seed + 1, 0.5);
   if (c.f16) wd = roundToF16(wd);
@@ -62,7 +64,7 @@ async function check(variant: MatmulVariant, c: Case, seed = 1): Promise<number>
   const bias = bd ? Tensor.fromArray(dev, bd, [c.Co]) : undefined;
   const residual = rd ? Tensor.fromArray(dev, rd, [c.B, c.Co, Ho, Wo]) : undefined;
   const d0 = dev.dispatchCount;
-  const out = conv2d(x, w, { bias, residual, stride: c.stride, padding: c.pad, act: c.act, variant });
+  const out = conv2d(x, w, { bias, residual, stride: c.stride, padding: c.pad, act: c.act, variant: asVariant(variant) });
   const dispatches = dev.dispatchCount - d0;
   expect(out.shape).toEqual([c.B, c.Co, Ho, Wo]);
   expectClose(await out.toArray(), ref, c.f16 ? 2e-2 : 1e-4, `conv2d ${variant} ${JSON.stringify(c)}`);
@@ -79,7 +81,7 @@ describe('conv2d', () => {
 
   it('variants agree with the CPU reference on odd shapes', async () => {
     dev = await getDevice();
-    for (const variant of VARIANTS) {
+    for (const variant of VARIANTS_WHOLE) {
       for (const [Ci, Co] of [[1, 1], [3, 7], [7, 33], [33, 3], [8, 16]] as const) {
         for (const [H, W] of [[1, 1], [5, 5], [17, 5], [5, 17]] as const) {
           await check(variant, { B: 1, Ci, Co, H, W, k: 3, pad: 1 });

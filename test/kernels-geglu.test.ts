@@ -3,12 +3,14 @@
 // out = h[..., :F] * gelu(h[..., F:]); the kernel gets W and b re-laid by gluInterleave.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { gluInterleave, linear, matmul, setMaxBindingBytes, variants, type MatmulVariant } from '../src/kernels/matmul.js';
+import { gluInterleave, linear, matmul, setMaxBindingBytes } from '../src/kernels/matmul.js';
 import { UNARY_REF } from './helpers/cpuref.js';
+import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 import { expectClose, getDevice, randn } from './helpers/gpu.js';
 
 const gelu = UNARY_REF.gelu!;
-const VARIANTS = (process.env.MM_VARIANTS?.split(',') ?? variants()) as MatmulVariant[];
+const VARIANTS = gemmVariants();
+const VARIANTS_WHOLE = gemmVariants({ whole: true });
 let dev: Device;
 
 /**
@@ -31,7 +33,7 @@ function refGeglu(x: Float32Array, w: Float32Array, rows: number, F: number, K: 
 }
 
 /** linear(x (M, K), w (2F, K), glu 'geglu') against the reference; weights re-laid on the GPU. */
-async function checkLinear(variant: MatmulVariant, M: number, K: number, F: number, o: { f16?: boolean; bias?: boolean; residual?: boolean; lead?: number[] } = {}): Promise<void> {
+async function checkLinear(variant: TestVariant, M: number, K: number, F: number, o: { f16?: boolean; bias?: boolean; residual?: boolean; lead?: number[] } = {}): Promise<void> {
   const N = 2 * F;
   const seed = M * 7919 + K * 31 + F;
   const x = randn(M * K, seed);
@@ -47,7 +49,7 @@ async function checkLinear(variant: MatmulVariant, M: number, K: number, F: numb
   const bt = bChunked ? gluInterleave(bChunked) : undefined;
   expect(wt.dtype).toBe(o.f16 ? 'f16' : 'f32');
   const rt = residual ? Tensor.fromArray(dev, residual, [...lead, F]) : undefined;
-  const out = linear(xt, wt, bt, { glu: 'geglu', residual: rt, variant });
+  const out = linear(xt, wt, bt, { glu: 'geglu', residual: rt, variant: asVariant(variant) });
   expect(out.shape).toEqual([...lead, F]);
   const ref = refGeglu(x, w, M, F, K, { bias, residual });
   expectClose(await out.toArray(), ref, o.f16 ? 2e-2 : 1e-4, `geglu linear ${variant} M=${M} K=${K} F=${F} ${JSON.stringify(o)}`);
@@ -59,7 +61,7 @@ describe('matmul glu: geglu', () => {
 
   it('every variant matches the reference on odd shapes, f32 weights, with and without bias', async () => {
     dev = await getDevice();
-    for (const variant of VARIANTS) {
+    for (const variant of VARIANTS_WHOLE) {
       for (const M of [1, 7, 77, 257]) {
         for (const K of [7, 40, 320]) {
           for (const F of [3, 10, 160]) {
@@ -108,7 +110,7 @@ describe('matmul glu: geglu', () => {
     const rt = Tensor.fromArray(dev, residual, [B, M, F]);
     const ref = refGeglu(x, w, B * M, F, K, { transB: false, bias, residual, alpha: 0.7 });
     for (const variant of VARIANTS) {
-      const out = matmul(xt, wt, { glu: 'geglu', bias: bt, residual: rt, alpha: 0.7, variant });
+      const out = matmul(xt, wt, { glu: 'geglu', bias: bt, residual: rt, alpha: 0.7, variant: asVariant(variant) });
       expect(out.shape).toEqual([B, M, F]);
       expectClose(await out.toArray(), ref, 1e-4, `geglu matmul ${variant}`);
       out.release();

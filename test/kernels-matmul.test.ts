@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, variants, type Act, type MatmulVariant } from '../src/kernels/matmul.js';
+import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
+import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 
 const ACTS: Record<Act, (x: number) => number> = {
   none: (x) => x,
@@ -66,9 +67,10 @@ function refMatmul(a: Float32Array, b: Float32Array, batch: number, M: number, N
 }
 
 let dev: Device;
-const VARIANTS = (process.env.MM_VARIANTS?.split(',') ?? variants()) as MatmulVariant[];
+const VARIANTS = gemmVariants();
+const VARIANTS_WHOLE = gemmVariants({ whole: true });
 
-async function check(variant: MatmulVariant, batch: number, M: number, N: number, K: number, o: RefOpts & { f16?: boolean; seed?: number } = {}): Promise<void> {
+async function check(variant: TestVariant, batch: number, M: number, N: number, K: number, o: RefOpts & { f16?: boolean; seed?: number } = {}): Promise<void> {
   const seed = o.seed ?? M * 1000 + N * 10 + K;
   const aData = randn(batch * M * K, seed);
   let bData = randn((o.bBatched ? batch : 1) * K * N, seed + 1);
@@ -83,7 +85,7 @@ async function check(variant: MatmulVariant, batch: number, M: number, N: number
   const biasT = bias ? Tensor.fromArray(dev, bias, [N]) : undefined;
   const outShape = batch > 1 ? [batch, M, N] : [M, N];
   const resT = residual ? Tensor.fromArray(dev, residual, outShape) : undefined;
-  const out = matmul(a, b, { transA: o.transA, transB: o.transB, bias: biasT, residual: resT, act: o.act, alpha: o.alpha, variant });
+  const out = matmul(a, b, { transA: o.transA, transB: o.transB, bias: biasT, residual: resT, act: o.act, alpha: o.alpha, variant: asVariant(variant) });
   expect(out.shape).toEqual(outShape);
   const got = await out.toArray();
   const ref = refMatmul(aData, bData, batch, M, N, K, { ...o, bias, residual });
@@ -100,7 +102,7 @@ describe('matmul', () => {
     const shapes: [number, number, number][] = [
       [1, 1, 1], [7, 7, 7], [77, 257, 33], [1, 77, 257], [257, 1, 77], [33, 20, 16], [64, 64, 64], [17, 40, 37],
     ];
-    for (const variant of VARIANTS) {
+    for (const variant of VARIANTS_WHOLE) {
       for (const [M, N, K] of shapes) {
         await check(variant, 1, M, N, K);
       }
@@ -165,12 +167,12 @@ describe('matmul', () => {
           const wt = Tensor.fromArray(dev, w, [N, K], f16 ? 'f16' : 'f32');
           const bt = Tensor.fromArray(dev, bias, [N]);
           const rt = Tensor.fromArray(dev, res, [rows, N]);
-          const out = linear(xt, wt, bt, { act: 'silu', residual: rt, variant });
+          const out = linear(xt, wt, bt, { act: 'silu', residual: rt, variant: asVariant(variant) });
           expect(out.shape).toEqual([rows, N]);
           const ref = refMatmul(x, w, 1, rows, N, K, { transB: true, bias, residual: res, act: 'silu' });
           expectClose(await out.toArray(), ref, f16 ? 2e-2 : 1e-4, `linear ${variant} ${rows}x${N}x${K} f16=${f16}`);
           if (rows === 1) {
-            const g = gemv(xt, wt, undefined, { variant });
+            const g = gemv(xt, wt, undefined, { variant: asVariant(variant) });
             expectClose(await g.toArray(), refMatmul(x, w, 1, 1, N, K, { transB: true }), f16 ? 2e-2 : 1e-4, `gemv ${variant}`);
             g.release();
           }

@@ -13,8 +13,8 @@ import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from 
 import { conv3x3Winograd, winogradApplies } from './winograd.js';
 import { convIm2col, im2colApplies } from './im2col.js';
 import {
-  ACT_CODE, FLAG, buildShader, dummy, gemmUniforms, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
-  type Act, type MatmulVariant,
+  ACT_CODE, FLAG, buildShader, dispatchGpu2, dummy, gemmUniforms, gpuGemmTuning, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
+  type Act, type GemmParams, type MatmulVariant,
 } from './matmul.js';
 
 export type ConvVariant = MatmulVariant;
@@ -286,7 +286,7 @@ function convChunks(
       (ch.first ? 0 : FLAG.ACCUM) |
       (ch.last ? FLAG.FINAL : 0) |
       (ch.last && rs ? FLAG.RES : 0);
-    const u = gemmUniforms({
+    const q: GemmParams = {
       M, N: HWo, K: ch.c1 - ch.c0,
       // direct: relaid (ci, tap, co); otherwise (co, ci, tap)
       aOff: ws.off, aRs: direct ? 1 : Ci * taps, aCs: direct ? taps * Co : taps, aBs: 0,
@@ -294,7 +294,14 @@ function convChunks(
       oOff: os.off, oRs: HWo, oCs: 1, oBs: Co * HWo,
       rOff: rs?.off ?? 0, biasOff: ch.o0, flags, act: ACT_CODE[act], alpha: 1, batch: ch.z1 - ch.z0,
       e0: Co, padT: pt, H, W, Ho, Wo, kh, kw, stride, pad: pl,
-    });
+    };
+    const bindings = [ws.binding, xs.binding, opts.bias ? opts.bias.binding() : dm, rs?.binding ?? dm, os.binding];
+    if (variant === 'gpu' && gpuGemmTuning.kernel === 'v2') {
+      const defines = { CONV: true, A_F16: f16, BIAS_F16: biasF16 };
+      dispatchGpu2(dev, { label, family: 'conv2d', defines, q, bindings, Kt: (ch.c1 - ch.c0) * taps });
+      continue;
+    }
+    const u = gemmUniforms(q);
     let pipeline: GPUComputePipeline;
     let workgroups: [number, number, number];
     if (!direct) {
@@ -329,7 +336,7 @@ function convChunks(
       family: 'conv2d',
       pipeline,
       uniforms: u,
-      bindings: [ws.binding, xs.binding, opts.bias ? opts.bias.binding() : dm, rs?.binding ?? dm, os.binding],
+      bindings,
       workgroups,
     });
   }

@@ -12,7 +12,7 @@
 // [v0, g0, v1, g1, ...] (gluInterleave() re-lays a checkpoint's chunked weight once, at
 // load), so the two columns of a pair are neighbours in every variant's register block
 // and the kernel writes out (..., M, N/2) = value * gelu(gate) directly.
-import { GpuError, Tensor, keep, loadShader, fillTemplate, uniforms, shapeStr, type Binding, type Device } from '../tensor/index.js';
+import { GpuError, Tensor, keep, loadShader, fillTemplate, grid1d, uniforms, shapeStr, type Binding, type Device } from '../tensor/index.js';
 import { cast, stridedMap } from './elementwise.js';
 
 export type Act = 'none' | 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu';
@@ -282,6 +282,83 @@ export function subgroupsOf8(dev: Device): boolean {
 }
 const GPU_TILE = 64;
 
+/**
+ * The 'gpu' variant's GEMM kernels (matmul and conv2d). 'v1': 64 x 64 tiles, 4 x 4 per
+ * invocation (matmul_gpu.wgsl, conv_gpu.wgsl). 'v2': 128 x 128 tiles, 8 x 8 per invocation
+ * (matmul_gpu2.wgsl), with K split over more workgroups when the output has few tiles (the
+ * UNet's 1280-channel convs at 8x8 have 10): partial sums go to a scratch buffer that
+ * matmul_splitk.wgsl adds up and finishes with the epilogue.
+ */
+export const gpuGemmTuning = {
+  kernel: (process.env.ELBO_GPU_GEMM === 'v2' ? 'v2' : 'v1') as 'v1' | 'v2',
+  /** Split K until about this many workgroups run (two per SM of a 132-SM GPU). */
+  targetWorkgroups: 264,
+  /** Each split at least this deep. */
+  minSplitK: 256,
+};
+
+const GPU2_TILE = 128;
+
+/** K splits for a 'v2' problem: [splits, k per split (a multiple of the kernel's BK = 8)]. */
+export function gpu2Splits(M: number, N: number, Kt: number, batch: number): [number, number] {
+  const tiles = Math.ceil(M / GPU2_TILE) * Math.ceil(N / GPU2_TILE) * batch;
+  let ks = 1;
+  if (tiles < gpuGemmTuning.targetWorkgroups) ks = Math.max(1, Math.min(Math.floor(gpuGemmTuning.targetWorkgroups / tiles), Math.floor(Kt / gpuGemmTuning.minSplitK)));
+  const kc = Math.ceil(Kt / ks / 8) * 8;
+  return [Math.ceil(Kt / kc), kc];
+}
+
+/**
+ * Records a 'v2' GEMM (matmul_gpu2.wgsl; CONV for the implicit-GEMM conv): `q` as for a
+ * plain dispatch, `bindings` [a, b, bias, res, out], `Kt` the reduction length (conv:
+ * channels x taps). Splits K when the output has few tiles (gpu2Splits).
+ */
+export function dispatchGpu2(
+  dev: Device,
+  g: { label: string; family: string; defines: Record<string, boolean>; q: GemmParams; bindings: Binding[]; Kt: number },
+): void {
+  const { q, defines } = g;
+  const on = Object.keys(defines).filter((k) => defines[k]).sort().join(',');
+  const vec = { A_VEC: defines.A_F16 ? 'u32' : 'f32', B_VEC: defines.B_F16 ? 'u32' : 'f32' };
+  const pipeline = dev.pipeline(`matmul_gpu2:${on}`, () => buildShader('matmul_gpu2', defines, vec));
+  const tilesN = Math.ceil(q.N / GPU2_TILE);
+  const tilesM = Math.ceil(q.M / GPU2_TILE);
+  let [ks, kc] = gpu2Splits(q.M, q.N, g.Kt, q.batch);
+  const scratchBytes = ks * q.batch * q.M * q.N * 4;
+  if (ks > 1 && scratchBytes > maxBindingBytes(dev)) [ks, kc] = [1, g.Kt];
+  if (ks === 1) {
+    dev.dispatch({ label: g.label, family: g.family, pipeline, uniforms: gemmUniforms(q), bindings: g.bindings, workgroups: [tilesN, tilesM, q.batch] });
+    return;
+  }
+  const sStride = q.batch * q.M * q.N;
+  const scratch = Tensor.empty(dev, [ks * sStride], 'f32', `${g.label} split-K scratch`);
+  try {
+    const d = dummy(dev).binding();
+    const [a, b, bias, res, out] = g.bindings as [Binding, Binding, Binding, Binding, Binding];
+    dev.dispatch({
+      label: g.label,
+      family: g.family,
+      pipeline,
+      uniforms: gemmUniforms({ ...q, oOff: 0, oRs: q.N, oCs: 1, oBs: q.M * q.N, ks, kc, sStride, flags: 0 }),
+      bindings: [a, b, d, d, scratch.binding()],
+      workgroups: [tilesN, tilesM, q.batch * ks],
+    });
+    const rd = { BIAS_F16: Boolean(defines.BIAS_F16), GLU: Boolean(defines.GLU) };
+    const rPipe = dev.pipeline(`matmul_splitk:${Object.keys(rd).filter((k) => rd[k as keyof typeof rd]).join(',')}`, () => buildShader('matmul_splitk', rd, { A_VEC: 'f32', B_VEC: 'f32' }));
+    const wg = grid1d(Math.ceil((q.batch * q.M * Math.ceil(q.N / 4)) / 256));
+    dev.dispatch({
+      label: `${g.label} split-K sum`,
+      family: g.family,
+      pipeline: rPipe,
+      uniforms: gemmUniforms({ ...q, aOff: 0, aRs: q.N, aCs: 1, aBs: q.M * q.N, ks, kc, sStride, nx: wg[0] }),
+      bindings: [scratch.binding(), d, bias, res, out],
+      workgroups: [wg[0], wg[1], 1],
+    });
+  } finally {
+    scratch.release();
+  }
+}
+
 /** Picks load modes for the cpu kernel from strides and alignment. */
 function cpuModes(g: Gemm, M: number, N: number, aOff: number, bOff: number, NV: number): Record<string, boolean> {
   const { a, b } = g;
@@ -483,11 +560,12 @@ export interface GemmParams {
   rOff: number; biasOff: number; flags: number; act: number; alpha: number; batch: number;
   e0?: number; padT?: number;
   H?: number; W?: number; Ho?: number; Wo?: number; kh?: number; kw?: number; stride?: number; pad?: number;
+  nx?: number; ks?: number; kc?: number; sStride?: number;
 }
 
 export function gemmUniforms(q: GemmParams): ArrayBuffer {
   return uniforms([
-    ['u', q.M], ['u', q.N], ['u', q.K], ['u', 0],
+    ['u', q.M], ['u', q.N], ['u', q.K], ['u', q.nx ?? 0],
     ['u', q.aOff], ['u', q.aRs], ['u', q.aCs], ['u', q.aBs],
     ['u', q.bOff], ['u', q.bRs], ['u', q.bCs], ['u', q.bBs],
     ['u', q.oOff], ['u', q.oRs], ['u', q.oCs], ['u', q.oBs],
@@ -495,6 +573,7 @@ export function gemmUniforms(q: GemmParams): ArrayBuffer {
     ['f', q.alpha], ['u', q.batch], ['u', q.e0 ?? 0], ['u', q.padT ?? 0],
     ['u', q.H ?? 0], ['u', q.W ?? 0], ['u', q.Ho ?? 0], ['u', q.Wo ?? 0],
     ['u', q.kh ?? 0], ['u', q.kw ?? 0], ['u', q.stride ?? 0], ['u', q.pad ?? 0],
+    ['u', q.ks ?? 0], ['u', q.kc ?? 0], ['u', q.sStride ?? 0], ['u', 0],
   ]);
 }
 
@@ -518,17 +597,23 @@ interface Chunk {
 
 function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
   if (g.glu && (c.accum || !c.final)) throw new GpuError(`${g.label}: internal: a GLU dispatch must be one final chunk`);
-  const { pipeline, tile } = pipelineFor(dev, g, c);
   const flags = (c.bias ? FLAG.BIAS | (g.biasRow ? FLAG.BIAS_ROW : 0) : 0) | (c.accum ? FLAG.ACCUM : 0) | (c.final ? FLAG.FINAL : 0) | (c.final && c.res ? FLAG.RES : 0);
-  const u = gemmUniforms({
+  const q: GemmParams = {
     M: c.M, N: c.N, K: c.K,
     aOff: c.a.off, aRs: g.a.rs, aCs: g.a.cs, aBs: g.a.bs,
     bOff: c.b.off, bRs: g.b.rs, bCs: g.b.cs, bBs: g.b.bs,
     oOff: c.out.off, oRs: g.out.rs, oCs: g.out.cs, oBs: g.out.bs,
     rOff: c.res?.off ?? 0, biasOff: c.biasOff, flags, act: ACT_CODE[g.act], alpha: g.alpha, batch: c.batch,
-  });
+  };
   const d = dummy(dev).binding();
   const biasBinding = c.bias && g.bias ? g.bias.t.binding() : d;
+  if (g.variant === 'gpu' && gpuGemmTuning.kernel === 'v2') {
+    const defines = { A_F16: g.a.t.dtype === 'f16', B_F16: g.b.t.dtype === 'f16', BIAS_F16: g.bias?.t.dtype === 'f16', GLU: Boolean(g.glu) };
+    dispatchGpu2(dev, { label: g.label, family: g.family ?? 'matmul', defines, q, bindings: [c.a.binding, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding], Kt: c.K });
+    return;
+  }
+  const { pipeline, tile } = pipelineFor(dev, g, c);
+  const u = gemmUniforms(q);
   const workgroups: [number, number, number] =
     g.variant === 'cpu'
       ? [Math.ceil(c.M / tile[0]), Math.ceil(c.N / tile[1]), c.batch]
