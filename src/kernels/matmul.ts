@@ -295,6 +295,8 @@ export const gpuGemmTuning = {
   targetWorkgroups: 264,
   /** Each split at least this deep. */
   minSplitK: 256,
+  /** 3x3 stride-1 convs of the 'gpu' variant by Winograd (winograd.ts) with the 'gpu' matmul. */
+  winograd: process.env.ELBO_GPU_WINOGRAD === '1',
 };
 
 const GPU2_TILE = 128;

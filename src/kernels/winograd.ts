@@ -11,10 +11,11 @@
 // F(4x4, 3x3) is numerically weaker than F(2x2, 3x3) (errors several times larger, see F4)
 // and needs enough 4x4 tiles to fill the matmul's rows, so small images take m = 2 (see
 // winogradTileFor).
-// Used by conv2d's 'cpu' variant where it pays (see winogradApplies); the direct kernel stays
-// the reference path and covers every other case.
+// Used by conv2d's 'cpu' variant where it pays (see winogradApplies), and by its 'gpu' variant
+// with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
+// other case.
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
-import { ACT_CODE, FLAG, buildShader, dummy, matmul, maxBindingBytes, type Act } from './matmul.js';
+import { ACT_CODE, FLAG, buildShader, dummy, gpuGemmTuning, matmul, maxBindingBytes, type Act } from './matmul.js';
 
 /** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
@@ -125,6 +126,8 @@ export interface WinogradArgs {
   bias?: Tensor;
   residual?: Tensor;
   act: Act;
+  /** The batched matmul's variant: 'cpu' (lavapipe) or 'gpu' (gpuGemmTuning.winograd). */
+  variant?: 'cpu' | 'gpu';
   B: number; Ci: number; Co: number; H: number; W: number;
   label: string;
 }
@@ -137,7 +140,7 @@ export interface WinogradArgs {
  * windows: the VAE's 128 channels at 512x512 f32 are exactly one 128 MiB binding).
  */
 export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: number; H: number; W: number; kh: number; kw: number; stride: number; pads: number[]; act: Act }): boolean {
-  if (!ENABLED || dev.kind !== 'cpu') return false;
+  if (!ENABLED || (dev.kind !== 'cpu' && !gpuGemmTuning.winograd)) return false;
   if (a.kh !== 3 || a.kw !== 3 || a.stride !== 1 || a.pads.some((p) => p !== 1)) return false;
   if (a.Ci % 4 !== 0 || a.Co % 4 !== 0 || (a.act !== 'none' && a.act !== 'silu')) return false;
   const tiles = a.B * Math.ceil(a.H / 2) * Math.ceil(a.W / 2);
@@ -209,7 +212,7 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
         bindings: v4 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
-    m = matmul(v, u, { transB: true, variant: 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
+    m = matmul(v, u, { transB: true, variant: g.variant ?? 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
     {
       const biasF16 = g.bias?.dtype === 'f16';
       const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4 }));
