@@ -1,7 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
 import { attention, attentionTuning, outputRowsInWorkgroup, variants, type AttentionVariant } from '../src/kernels/attention.js';
-import { expectClose, getDevice, randn } from './helpers/gpu.js';
+import { expectClose, getDevice, maxAbs, maxAbsDiff, randn } from './helpers/gpu.js';
 
 interface RefOpts {
   scale?: number;
@@ -87,8 +87,15 @@ async function runCase(variant: AttentionVariant, B: number, Nq: number, Nk: num
   const ref = refAttention(qa, ka, va, B, Nq, Nk, H, d, { causal: o.causal, mask: maskA, scale: o.scale });
   const what = `${variant} B${B} Nq${Nq} Nk${Nk} H${H} d${d}${o.causal ? ' causal' : ''}${o.mask ? ' mask' : ''}`;
   expectClose(got, ref.out, 1e-4, `${what} out`);
-  if (pt) expectClose(await pt.toArray(), ref.probs, 1e-4, `${what} probs`);
+  // Error relative to the tolerance's scale max(1, max|ref|), for the record.
+  let rel = maxAbsDiff(got, ref.out) / Math.max(1, maxAbs(ref.out));
+  if (pt) {
+    const gotP = await pt.toArray();
+    expectClose(gotP, ref.probs, 1e-4, `${what} probs`);
+    rel = Math.max(rel, maxAbsDiff(gotP, ref.probs) / Math.max(1, maxAbs(ref.probs)));
+  }
   for (const t of [qt, kt, vt, mt, pt, ot]) t?.release();
+  return rel;
 }
 
 describe('attention', () => {
@@ -185,6 +192,97 @@ describe('attention', () => {
       });
     });
   }
+
+  describe('gpu v2 (attention_gpu2.wgsl)', () => {
+    // Runs `body` with the 'gpu' variant on kernel v2 (and the given gpuV2 parameters).
+    const withV2 = async (body: () => Promise<void>, params: Partial<typeof attentionTuning.gpuV2> = {}): Promise<void> => {
+      const saved = { kernel: attentionTuning.gpuKernel, v2: { ...attentionTuning.gpuV2 } };
+      attentionTuning.gpuKernel = 'v2';
+      Object.assign(attentionTuning.gpuV2, params);
+      try {
+        await body();
+      } finally {
+        attentionTuning.gpuKernel = saved.kernel;
+        attentionTuning.gpuV2 = saved.v2;
+      }
+    };
+
+    // Largest error seen, relative to max(1, max|ref|), printed at the end for the record.
+    let worst = 0;
+    const note = (rel: number): void => {
+      worst = Math.max(worst, rel);
+    };
+    afterAll(() => console.log(`gpu v2: max abs error / max(1, max|ref|) = ${worst.toExponential(2)}`));
+
+    it('matches the reference on odd shapes and head sizes', async () => {
+      await withV2(async () => {
+        // Every Nq / Nk in {1, 7, 77, 257} and every head size, B 2, H 1..8.
+        const cases: Array<[number, number, number, number]> = [
+          // Nq, Nk, H, d
+          [1, 1, 1, 1], [7, 77, 2, 1], [257, 7, 1, 1],
+          [77, 1, 3, 3], [1, 257, 4, 3], [257, 77, 2, 3],
+          [7, 7, 5, 8], [257, 257, 1, 8], [77, 7, 8, 8],
+          [77, 77, 2, 40], [1, 7, 6, 40], [257, 77, 1, 40],
+          [7, 257, 7, 64], [77, 1, 1, 64],
+          [257, 7, 2, 80], [1, 77, 3, 80],
+          [7, 77, 1, 160], [77, 257, 1, 160],
+        ];
+        for (const [Nq, Nk, H, d] of cases) note(await runCase('gpu', 2, Nq, Nk, H, d));
+      });
+    });
+
+    it('causal with a key mask and probsOut', async () => {
+      await withV2(async () => {
+        note(await runCase('gpu', 2, 77, 77, 3, 8, { causal: true, mask: true, probs: true }));
+        note(await runCase('gpu', 2, 257, 257, 2, 40, { causal: true, mask: true, probs: true }));
+        note(await runCase('gpu', 2, 7, 7, 4, 3, { causal: true, mask: true, probs: true }));
+        note(await runCase('gpu', 2, 257, 77, 1, 64, { causal: true, mask: true }));
+        note(await runCase('gpu', 2, 77, 257, 2, 80, { mask: true, probs: true, scale: 0.3 }));
+        note(await runCase('gpu', 2, 1, 7, 8, 1, { causal: true, mask: true, probs: true }));
+        note(await runCase('gpu', 2, 257, 1, 1, 160, { causal: true, probs: true }));
+      });
+    });
+
+    it('other rows per invocation, workgroup sizes, key blocks and rolled channel loops', async () => {
+      for (const params of [
+        { R: 4, WG: 128, KB: 4 },
+        { R: 1, WG: 64, KB: 16, unrollMaxD4: 0 },
+        { R: 3, WG: 32, KB: 8, tileBytes: 4096 },
+      ]) {
+        await withV2(async () => {
+          note(await runCase('gpu', 2, 257, 77, 2, 40, { causal: true, mask: true, probs: true }));
+          note(await runCase('gpu', 2, 77, 257, 3, 3, { mask: true }));
+        }, params);
+      }
+    });
+
+    it('VAE mid-block head (d 512)', async () => {
+      await withV2(async () => note(await runCase('gpu', 1, 70, 70, 1, 512, { probs: true })));
+    });
+
+    it('4096-token self-attention (H 8, d 40) on sampled rows, with probsOut', async () => {
+      await withV2(async () => {
+        const dev = await getDevice();
+        const [N, H, d] = [4096, 8, 40];
+        const qa = randn(N * H * d, 21, 2);
+        const ka = randn(N * H * d, 22, 2);
+        const va = randn(N * H * d, 23);
+        const q = Tensor.fromArray(dev, qa, [1, N, H * d]);
+        const k = Tensor.fromArray(dev, ka, [1, N, H * d]);
+        const v = Tensor.fromArray(dev, va, [1, N, H * d]);
+        const probs = Tensor.zeros(dev, [N, N]);
+        const out = attention(q, k, v, H, { probsOut: probs, variant: 'gpu' });
+        const rows = [0, 1, 7, 63, 64, 65, 127, 128, 1000, 2047, 4031, 4095];
+        const ref = refAttention(qa, ka, va, 1, N, N, H, d, { rows });
+        const gotO = pickRows(await out.toArray(), 1, N, H * d, rows);
+        const gotP = pickRows(await probs.toArray(), 1, N, N, rows);
+        expectClose(gotO, ref.out, 1e-4, 'gpu v2 4096 out');
+        expectClose(gotP, ref.probs, 1e-4, 'gpu v2 4096 probs');
+        note(Math.max(maxAbsDiff(gotO, ref.out) / Math.max(1, maxAbs(ref.out)), maxAbsDiff(gotP, ref.probs)));
+        for (const t of [q, k, v, probs, out]) t.release();
+      });
+    });
+  });
 
   it('cpu: output rows in workgroup memory where they fit, in a private array otherwise; both match', async () => {
     const dev = await getDevice();

@@ -41,6 +41,15 @@ export const attentionTuning = {
   outputRowsInWorkgroup: true,
   /** Test hook: a smaller storage binding limit, so the windowed probsOut path runs on small shapes. */
   maxBindingBytes: undefined as number | undefined,
+  /** Kernel of the 'gpu' variant: 'v1' attention_gpu.wgsl, 'v2' attention_gpu2.wgsl. */
+  gpuKernel: 'v1' as 'v1' | 'v2',
+  /**
+   * attention_gpu2.wgsl: R query rows per invocation, WG invocations per workgroup, KB keys
+   * per register block (halved while a K + V tile of KB keys exceeds the budget), K / V
+   * tiles of at most tileBytes of workgroup memory together, the channel loops written out
+   * (literal indices) for heads of at most unrollMaxD4 vec4.
+   */
+  gpuV2: { R: 2, WG: 64, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
 };
 
 /**
@@ -229,6 +238,83 @@ function cpuProbsBody(R: number, JB: number, sg: boolean): string {
 }
 
 /**
+ * Body of attention_gpu2.wgsl for R rows per invocation, KB keys per register block and D4
+ * vec4 per head row. Rows and keys are unrolled into named variables; the channel loops
+ * (constant trip count D4) are written out with literal indices when `unroll`, so the q / o
+ * row arrays are only ever indexed by constants.
+ */
+function gpu2Body(R: number, KB: number, D4: number, unroll: boolean): string {
+  const rs = range(R);
+  const js = range(KB);
+  // Emits lines(c) once per channel: a loop over c, or D4 copies with c a literal, each in
+  // its own block so their `let`s do not collide.
+  const overC = (ind: string, lines: (c: string) => string[]): string[] => {
+    if (!unroll) return [`${ind}for (var c = 0u; c < D4; c++) {`, ...lines('c').map((x) => `${ind}  ${x}`), `${ind}}`];
+    return range(D4).flatMap((c) => {
+      const body = lines(`${c}u`);
+      return body.length === 1 ? [`${ind}${body[0]}`] : [`${ind}{`, ...body.map((x) => `${ind}  ${x}`), `${ind}}`];
+    });
+  };
+  const L: string[] = [];
+  for (const r of rs) {
+    L.push(`  let i${r} = row0 + ${r}u * WG;`);
+    L.push(`  let qo${r} = (b * p.Nq + min(i${r}, p.Nq - 1u)) * p.HD + hoff;`);
+    L.push(`  var q${r}: array<vec4<f32>, D4>;`, `  var o${r}: array<vec4<f32>, D4>;`);
+    L.push(`  var m${r} = NEG;`, `  var l${r} = 0.0;`);
+  }
+  L.push(...overC('  ', (c) => rs.flatMap((r) => [`q${r}[${c}] = ldq(qo${r}, ${c}) * p.scale2;`, `o${r}[${c}] = vec4<f32>(0.0);`])));
+  L.push('  for (var j0 = 0u; j0 < kend; j0 += TK) {');
+  // Tile of keys j0 .. j0 + TK - 1 (clamped to the last key; the clamped ones are masked).
+  L.push('    workgroupBarrier();');
+  L.push('    for (var e = t; e < TK * D4; e += WG) {');
+  L.push('      let kj = (b * p.Nk + min(j0 + e / D4, p.Nk - 1u)) * p.HD + hoff;');
+  L.push('      ks[e] = ldk(kj, e % D4);');
+  L.push('      vs[e] = ldv(kj, e % D4);');
+  L.push('    }');
+  L.push('    workgroupBarrier();');
+  L.push('    for (var g = 0u; g < TK; g += KB) {');
+  L.push('      let jb = j0 + g;');
+  L.push('      if (jb >= kend) { break; }');
+  for (const j of js) {
+    L.push(`      var ok${j} = jb + ${j}u < kend;`);
+    L.push(`      if (p.hasMask != 0u) { ok${j} = ok${j} && mask[b * p.Nk + min(jb + ${j}u, p.Nk - 1u)] != 0.0; }`);
+  }
+  // The explicit zero initializer matters: on lavapipe a `var s: array<f32, KB>;` declared
+  // in this loop kept the previous group's scores (seen as wrong results from the second group).
+  for (const r of rs) L.push(`      var s${r} = array<f32, KB>();`);
+  // Scores: each K vec4 read from the tile serves the R rows.
+  L.push(...overC('      ', (c) => [
+    ...js.map((j) => `let k${j} = ks[(g + ${j}u) * D4 + ${c}];`),
+    ...rs.flatMap((r) => js.map((j) => `s${r}[${j}] += dot(q${r}[${c}], k${j});`)),
+  ]));
+  for (const r of rs) {
+    for (const j of js) L.push(`      let ok${r}_${j} = ok${j} && (p.causal == 0u || jb + ${j}u <= i${r});`);
+    for (const j of js) L.push(`      let t${r}_${j} = select(NEG, s${r}[${j}], ok${r}_${j});`);
+    L.push(`      let mx${r} = ${js.reduce((acc, j) => `max(${acc}, t${r}_${j})`, `m${r}`)};`);
+    L.push(`      let al${r} = exp2(m${r} - mx${r});`);
+    for (const j of js) L.push(`      let p${r}_${j} = select(0.0, exp2(t${r}_${j} - mx${r}), ok${r}_${j});`);
+    L.push(`      l${r} = l${r} * al${r} + ${js.map((j) => `p${r}_${j}`).join(' + ')};`);
+    L.push(`      m${r} = mx${r};`);
+  }
+  // O = alpha O + P V: each V vec4 read from the tile serves the R rows.
+  L.push(...overC('      ', (c) => [
+    ...js.map((j) => `let v${j} = vs[(g + ${j}u) * D4 + ${c}];`),
+    ...rs.map((r) => `o${r}[${c}] = o${r}[${c}] * al${r} + ${js.map((j) => `p${r}_${j} * v${j}`).join(' + ')};`),
+  ]));
+  L.push('    }');
+  L.push('  }');
+  for (const r of rs) {
+    L.push(`  if (i${r} < p.Nq) {`);
+    // A query with no visible key (all masked) gets zeros rather than NaN.
+    L.push(`    let inv = select(0.0, 1.0 / l${r}, l${r} > 0.0);`);
+    L.push(...overC('    ', (c) => [`sto(qo${r}, ${c}, o${r}[${c}] * inv);`]));
+    L.push(`    if (p.wantStats != 0u) { let si = (bh * p.Nq + i${r}) * 2u; stats[si] = m${r}; stats[si + 1u] = l${r}; }`);
+    L.push('  }');
+  }
+  return L.join('\n');
+}
+
+/**
  * `oWg`: the output rows live in workgroup memory instead of a private array. Measured on
  * lavapipe (4096-token self-attention, 8 heads of 40, same process): 23.6-24.9 -> 27.3-30.7
  * GFLOP/s; a private array indexed by the rolled channel loop goes through per-lane scratch
@@ -346,6 +432,38 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
       dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
+    } else if (attentionTuning.gpuKernel === 'v2') {
+      const { R, WG, tileBytes, unrollMaxD4 } = attentionTuning.gpuV2;
+      const D4 = Math.ceil(d / 4);
+      const budget = Math.min(tileBytes, dev.limits.maxComputeWorkgroupStorageSize);
+      if (!Number.isInteger(R) || R < 1 || !Number.isInteger(WG) || WG < 1 || WG > dev.limits.maxComputeInvocationsPerWorkgroup) {
+        throw new GpuError(`attention: attentionTuning.gpuV2 needs integer R >= 1 and 1 <= WG <= ${dev.limits.maxComputeInvocationsPerWorkgroup}, got R ${R}, WG ${WG}`);
+      }
+      // A K + V tile of KB keys takes 32 * D4 * KB bytes: halve KB until one group fits.
+      let KB = attentionTuning.gpuV2.KB;
+      while (KB > 1 && 32 * D4 * KB > budget) KB = Math.floor(KB / 2);
+      if (32 * D4 * KB > budget) throw new GpuError(`attention: head size ${d} needs ${32 * D4} bytes of workgroup memory per key, over the budget of ${budget}`);
+      // Keys per tile: as many groups as the budget holds, at most 256 keys.
+      const TK = KB * Math.max(1, Math.min(Math.floor(256 / KB), Math.floor(budget / (32 * D4 * KB))));
+      const vec = d % 4 === 0;
+      // lavapipe's LLVM takes minutes over a long written-out body (d 160 at R 2, KB 8: 360 s
+      // against 2.5 s for the loops), so there only small bodies are written out.
+      const unroll = D4 <= unrollMaxD4 && (!dev.adapter.isFallback || D4 * R * KB <= 160);
+      const key = `attention_gpu2 D4${D4} R${R} WG${WG} KB${KB} TK${TK} ${vec ? 'vec4' : 'f32'} ${unroll ? 'unrolled' : 'loops'}`;
+      const pipe = dev.pipeline(key, () =>
+        fillTemplate(loadShader('attention_gpu2'), {
+          ELEM: vec ? 'vec4<f32>' : 'f32',
+          LOADERS: loaders(vec, true, true),
+          WG, R, D4, KB, TK,
+          BODY: gpu2Body(R, KB, D4, unroll),
+        }));
+      const nRG = Math.ceil(Nq / (WG * R));
+      const wg = grid1d(B * H * nRG);
+      const u = new Uint32Array(16);
+      u.set(new Uint32Array(uni(wg[0], nRG)).subarray(0, 12));
+      u[12] = D4;
+      u[13] = TK;
+      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: u, bindings, workgroups: wg });
     } else {
       // Keys per shared tile: 512 vec4 per tile (8 KiB each for K and V), at most 128.
       const d4 = Math.ceil(d / 4);
