@@ -1,17 +1,71 @@
 #!/usr/bin/env bash
-# One command for a machine with a GPU and a Vulkan driver (e.g. NVIDIA): prints the kernel
-# figures and the full-size model figures, as on the CPU adapter. Finishes in a few minutes.
-#   bash bench/gpu.sh            (after npm ci)
-set -uo pipefail
+# One command for a machine with a GPU and a Vulkan driver (e.g. NVIDIA): the kernel tests,
+# the kernel figures, the 'gpu' kernel choices side by side (`bench -- ab`), the full-size
+# model figures and the demo, as on the CPU adapter. A few minutes on an H100.
+#   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
+#                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
+# Logs and a summary go to $OUT (default /tmp/gpu-bench); GPU_BUDGET seconds in all (560).
+set -u
 cd "$(dirname "$0")/.."
+T0=$SECONDS
+OUT=${OUT:-/tmp/gpu-bench}
+mkdir -p "$OUT"
+log() { echo "[$((SECONDS - T0))s] $*"; }
+step() { # step NAME LIMIT CMD...: runs CMD with its output in $OUT/NAME.log, within the budget
+  local name=$1 t=$2
+  shift 2
+  local left=$((${GPU_BUDGET:-560} - (SECONDS - T0)))
+  [ "$left" -lt "$t" ] && t=$left
+  if [ "$t" -lt 15 ]; then log "skip $name (out of time)"; echo "$name skipped" >>"$OUT/summary.txt"; return 99; fi
+  log "== $name (limit ${t}s)"
+  local s=$SECONDS
+  timeout "$t" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  log "   $name rc=$rc in $((SECONDS - s))s"
+  echo "$name rc=$rc $((SECONDS - s))s" >>"$OUT/summary.txt"
+  return $rc
+}
+
+# Offline set-up from bench/gpu-pack.sh's bundle: Node, node_modules, the Vulkan loader and
+# the glvnd libraries NVIDIA's Vulkan driver (libGLX_nvidia) needs.
+if [ -d .gpu-pack ]; then
+  mkdir -p /tmp/gpu-node
+  [ -x /tmp/gpu-node/node ] || xz -dc .gpu-pack/node.xz >/tmp/gpu-node/node
+  chmod +x /tmp/gpu-node/node
+  export PATH=/tmp/gpu-node:$PATH
+  [ -d node_modules/webgpu ] || tar -xJf .gpu-pack/node_modules.tar.xz
+  if [ "$(id -u)" = 0 ]; then
+    for f in .gpu-pack/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+fi
 [ -d node_modules/webgpu ] || npm ci --no-audit --no-fund
+# Containers often mount NVIDIA's driver here without registering its Vulkan ICD.
+ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$ICD" ] && [ -z "${VK_DRIVER_FILES:-}" ] && export VK_DRIVER_FILES=$ICD VK_ICD_FILENAMES=$ICD
 export MESA_SHADER_CACHE_DIR="${MESA_SHADER_CACHE_DIR:-$PWD/.cache/mesa}"
-run() { echo "== npm run bench -- $*"; timeout "${BENCH_TIMEOUT:-240}" node_modules/.bin/tsx bench/index.ts "$@" || echo "(failed or timed out: $*)"; }
-node_modules/.bin/tsx src/cli.ts doctor
-run kernels --json
-run unet --json --runs 3
-run unet --json --runs 3 --dtype f16
-run unet --json --runs 3 --profile
-run vae --json --runs 3
-run text --json
-run segment --json
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader
+TSX=node_modules/.bin/tsx
+if ! step doctor 60 $TSX src/cli.ts doctor; then
+  cat "$OUT/doctor.log"
+  VK_LOADER_DEBUG=error,warn timeout 60 $TSX src/cli.ts doctor 2>&1 | tail -30
+  exit 1
+fi
+head -30 "$OUT/doctor.log"
+B="$TSX bench/index.ts"
+step tests 200 node_modules/.bin/vitest run test/kernels-*.test.ts test/device.test.ts test/conv-prepared.test.ts
+grep -E "Test Files|Tests |FAIL|×" "$OUT/tests.log" | head -20
+step ab 150 $B ab
+step kernels 60 $B kernels --json
+step unet 60 $B unet --json --runs 3
+step unet-profile 60 $B unet --runs 1 --profile-shapes 25
+step segment 90 $B segment --json
+step vae 45 $B vae --json --runs 3
+step text 30 $B text --json
+step demo 60 $TSX src/cli.ts demo --out "$OUT/demo"
+log "== summary"
+cat "$OUT/summary.txt"
+cat "$OUT/ab.log"
+cat "$OUT"/unet.log "$OUT"/segment.log "$OUT"/vae.log "$OUT"/text.log 2>/dev/null | grep '^{' | cut -c1-200
+grep -A12 '^profile of' "$OUT/unet-profile.log"
+grep -E '"variant":"(gpu|naive)"' "$OUT/kernels.log" | cut -c1-160

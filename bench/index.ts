@@ -4,7 +4,9 @@
 //   text                        the CLIP-L text encoder
 //   vae                         the VAE encoder at 512x512
 //   segment                     one whole segmentation of a 512x512 image, two classes
-// options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --no-warmup (one timed run
+//   ab                          the 'gpu' variant's kernel choices side by side (for a GPU)
+// options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --profile-shapes N (the
+//          profile plus the N costliest dispatches by op and shapes)  --no-warmup (one timed run
 //          that includes pipeline compiles: for the full-size SDXL UNet on a CPU adapter)
 import { parseArgs } from 'node:util';
 import { Device } from '../src/tensor/index.js';
@@ -20,6 +22,7 @@ async function main(): Promise<void> {
       runs: { type: 'string' },
       json: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
+      'profile-shapes': { type: 'string' },
       config: { type: 'string', default: 'sd15' },
       'no-warmup': { type: 'boolean', default: false },
     },
@@ -35,13 +38,17 @@ async function main(): Promise<void> {
     const at = await import('./kernels-attention.js').catch(() => null);
     if (at) all.push(...(await at.benchAttentionNorm(dev, json)));
     if (!json) printRatios(all);
+  } else if (what === 'ab') {
+    const { benchGpuAb } = await import('./gpu-ab.js');
+    await benchGpuAb(dev, json);
   } else {
     const o: ModelBenchOptions = {
       dtype: values.dtype === 'f16' ? 'f16' : 'f32',
       batch: Number(values.batch),
       runs: Number(values.runs ?? (what === 'text' ? 5 : 2)),
       config: values.config === 'sdxl' ? 'sdxl' : 'sd15',
-      profile: values.profile!,
+      profile: values.profile! || values['profile-shapes'] !== undefined,
+      profileShapes: Number(values['profile-shapes'] ?? 0),
       warmup: !values['no-warmup'],
     };
     let m: ModelMeasurement;
@@ -50,7 +57,7 @@ async function main(): Promise<void> {
     else if (what === 'vae' || what === 'segment') {
       const mod = await import('./segment.js');
       m = what === 'vae' ? await mod.benchVae(dev, o) : await mod.benchSegment(dev, o);
-    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment)`);
+    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab)`);
     if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1) }));
     else {
       console.log(

@@ -108,19 +108,32 @@ export function unetFlops(c: UNetConfig, side: number, ctxLen = 77): number {
   return f;
 }
 
-/** Runs `run` once under GPU timestamps (where the adapter has them) and prints time per kernel family. */
-export async function printProfile(dev: Device, what: string, run: () => void): Promise<void> {
+/**
+ * Runs `run` once under GPU timestamps (where the adapter has them) and prints time per
+ * kernel family; with `shapes`, also the `shapes` costliest dispatch labels (op and shapes).
+ */
+export async function printProfile(dev: Device, what: string, run: () => void, shapes = 0): Promise<void> {
   if (!dev.features.timestamp) {
     console.log(`profile: this adapter lacks timestamp-query; no profile of ${what}`);
     return;
   }
-  dev.startProfile();
+  dev.startProfile({ byLabel: shapes > 0 });
   run();
   const prof = await dev.stopProfile();
-  const total = [...prof.values()].reduce((a, b) => a + b.ms, 0);
+  const byFamily = new Map<string, { ms: number; count: number }>();
+  for (const [key, v] of prof) {
+    const fam = shapes > 0 ? key.slice(0, key.indexOf(': ')) : key;
+    const e = byFamily.get(fam) ?? { ms: 0, count: 0 };
+    byFamily.set(fam, { ms: e.ms + v.ms, count: e.count + v.count });
+  }
+  const total = [...byFamily.values()].reduce((a, b) => a + b.ms, 0);
+  const line = (name: string, v: { ms: number; count: number }, width: number): string =>
+    `  ${name.padEnd(width)} ${v.ms.toFixed(1).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${String(v.count).padStart(5)} dispatches`;
   console.log(`profile of ${what} (GPU timestamps, ${total.toFixed(0)} ms in kernels):`);
-  for (const [fam, v] of [...prof.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
-    console.log(`  ${fam.padEnd(16)} ${v.ms.toFixed(1).padStart(9)} ms ${((100 * v.ms) / total).toFixed(1).padStart(5)}%  ${String(v.count).padStart(5)} dispatches`);
+  for (const [fam, v] of [...byFamily.entries()].sort((a, b) => b[1].ms - a[1].ms)) console.log(line(fam, v, 16));
+  if (shapes > 0) {
+    console.log(`costliest ${shapes} ops by label:`);
+    for (const [key, v] of [...prof.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, shapes)) console.log(line(key, v, 72));
   }
 }
 
@@ -142,6 +155,8 @@ export interface ModelBenchOptions {
   runs: number;
   config: 'sd15' | 'sdxl';
   profile: boolean;
+  /** With profile: also list this many costliest dispatch labels. */
+  profileShapes?: number;
   /** Run one untimed forward first (pipeline compiles); off for very long single runs. */
   warmup: boolean;
 }
@@ -172,7 +187,7 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
     await dev.sync();
   }
   dev.resetPeak();
-  if (o.profile) await printProfile(dev, 'one UNet forward', run);
+  if (o.profile) await printProfile(dev, 'one UNet forward', run, o.profileShapes ?? 0);
   const seconds = await timeIt(dev, o.runs, run);
   const flops = unetFlops(config, side) * B;
   return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), load_seconds: loadSeconds };

@@ -452,14 +452,15 @@ export class Device {
     return this.gpu.createBuffer({ label: 'staging', size: bucketSize(bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
   }
 
-  /** Starts timing every dispatch per kernel family (needs timestamp-query). */
-  startProfile(): void {
+  /** Starts timing every dispatch per kernel family, or per family and label with
+   *  `byLabel` (needs timestamp-query). */
+  startProfile(opts: { byLabel?: boolean } = {}): void {
     if (!this.features.timestamp) throw new GpuError('profiling needs the adapter feature timestamp-query, which this adapter lacks');
     this.flush();
-    this.profiler = new Profiler(this.gpu);
+    this.profiler = new Profiler(this.gpu, Boolean(opts.byLabel));
   }
 
-  /** Stops profiling and returns milliseconds per kernel family. */
+  /** Stops profiling and returns milliseconds per kernel family (or "family: label"). */
   async stopProfile(): Promise<Map<string, { ms: number; count: number }>> {
     const p = this.profiler;
     if (!p) throw new GpuError('stopProfile without startProfile');
@@ -491,7 +492,7 @@ class Profiler {
   private current: GPUQuerySet | null = null;
   private used = 0;
   private readonly perSet = 2048;
-  constructor(private gpu: GPUDevice) {}
+  constructor(private gpu: GPUDevice, private byLabel: boolean) {}
 
   record(_dev: Device, encoder: GPUCommandEncoder, args: DispatchArgs, bindGroup: GPUBindGroup, wg: [number, number, number]): void {
     if (!this.current || this.used + 2 > this.perSet) {
@@ -507,7 +508,8 @@ class Profiler {
     pass.dispatchWorkgroups(...wg);
     pass.end();
     this.used += 2;
-    this.families.push(args.family ?? args.label.split(/[ (]/)[0]!);
+    const family = args.family ?? args.label.split(/[ (]/)[0]!;
+    this.families.push(this.byLabel ? `${family}: ${args.label}` : family);
   }
 
   beforeFinish(_encoder: GPUCommandEncoder): void {}
