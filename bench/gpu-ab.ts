@@ -56,12 +56,12 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
     attentionTuning.gpuKernel = k;
   };
   const attnDefault = attentionTuning.gpuKernel;
-  const setGemm = (k: Kernel, winograd = false): void => {
+  const setGemm = (k: Kernel, winograd: typeof gpuGemmTuning.winograd = 'off'): void => {
     gpuGemmTuning.kernel = k;
     gpuGemmTuning.winograd = winograd;
   };
   const gemmChoices: Choices = { 'v1': () => setGemm('v1'), 'v2': () => setGemm('v2') };
-  const convChoices: Choices = { ...gemmChoices, 'wino-v2': () => setGemm('v2', true) };
+  const convChoices: Choices = { ...gemmChoices, 'wino-v2': () => setGemm('v2', 'all'), 'wino4-v2': () => setGemm('v2', 'f4') };
   const v2Default = { ...attentionTuning.gpuV2 };
   const setV2 = (o: Partial<typeof v2Default>): void => {
     setAttn('v2');

@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
 import { attention, attentionTuning, outputRowsInWorkgroup, variants, type AttentionVariant } from '../src/kernels/attention.js';
 import { expectClose, getDevice, maxAbs, maxAbsDiff, randn } from './helpers/gpu.js';
@@ -100,7 +100,15 @@ async function runCase(variant: AttentionVariant, B: number, Nq: number, Nk: num
 
 describe('attention', () => {
   for (const variant of ALL) {
-    describe(variant, () => {
+    // 'gpu' here is its first kernel (attention_gpu.wgsl); v2, the default, has its own block.
+    describe(variant === 'gpu' ? 'gpu (kernel v1)' : variant, () => {
+      const savedKernel = attentionTuning.gpuKernel;
+      beforeAll(() => {
+        if (variant === 'gpu') attentionTuning.gpuKernel = 'v1';
+      });
+      afterAll(() => {
+        attentionTuning.gpuKernel = savedKernel;
+      });
       it('matches the reference on odd shapes and head sizes', async () => {
         await runCase(variant, 1, 1, 1, 1, 4);
         await runCase(variant, 2, 7, 7, 3, 8);

@@ -42,14 +42,14 @@ export const attentionTuning = {
   /** Test hook: a smaller storage binding limit, so the windowed probsOut path runs on small shapes. */
   maxBindingBytes: undefined as number | undefined,
   /** Kernel of the 'gpu' variant: 'v1' attention_gpu.wgsl, 'v2' attention_gpu2.wgsl. */
-  gpuKernel: 'v1' as 'v1' | 'v2',
+  gpuKernel: (process.env.ELBO_GPU_ATTN === 'v1' ? 'v1' : 'v2') as 'v1' | 'v2',
   /**
    * attention_gpu2.wgsl: R query rows per invocation, WG invocations per workgroup, KB keys
    * per register block (halved while a K + V tile of KB keys exceeds the budget), K / V
    * tiles of at most tileBytes of workgroup memory together, the channel loops written out
    * (literal indices) for heads of at most unrollMaxD4 vec4.
    */
-  gpuV2: { R: 2, WG: 64, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
+  gpuV2: { R: 1, WG: 64, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
 };
 
 /**
@@ -448,7 +448,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const vec = d % 4 === 0;
       // lavapipe's LLVM takes minutes over a long written-out body (d 160 at R 2, KB 8: 360 s
       // against 2.5 s for the loops), so there only small bodies are written out.
-      const unroll = D4 <= unrollMaxD4 && (!dev.adapter.isFallback || D4 * R * KB <= 160);
+      const unroll = D4 <= unrollMaxD4 && (!dev.adapter.isFallback || D4 * R * KB <= 40);
       const key = `attention_gpu2 D4${D4} R${R} WG${WG} KB${KB} TK${TK} ${vec ? 'vec4' : 'f32'} ${unroll ? 'unrolled' : 'loops'}`;
       const pipe = dev.pipeline(key, () =>
         fillTemplate(loadShader('attention_gpu2'), {

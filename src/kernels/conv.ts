@@ -238,7 +238,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }
-  const winogradVariant = variant === 'cpu' || (variant === 'gpu' && gpuGemmTuning.winograd);
+  const winogradVariant = variant === 'cpu' || (variant === 'gpu' && gpuGemmTuning.winograd !== 'off');
   if (winogradVariant && winogradApplies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
     // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
     const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];

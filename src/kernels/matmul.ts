@@ -284,19 +284,26 @@ const GPU_TILE = 64;
 
 /**
  * The 'gpu' variant's GEMM kernels (matmul and conv2d). 'v1': 64 x 64 tiles, 4 x 4 per
- * invocation (matmul_gpu.wgsl, conv_gpu.wgsl). 'v2': 128 x 128 tiles, 8 x 8 per invocation
- * (matmul_gpu2.wgsl), with K split over more workgroups when the output has few tiles (the
- * UNet's 1280-channel convs at 8x8 have 10): partial sums go to a scratch buffer that
- * matmul_splitk.wgsl adds up and finishes with the epilogue.
+ * invocation (matmul_gpu.wgsl, conv_gpu.wgsl). 'v2' (default; ELBO_GPU_GEMM=v1 for the
+ * other): 128 x 128 tiles, 8 x 8 per invocation (matmul_gpu2.wgsl), with K split over more
+ * workgroups when the output has few tiles (the UNet's 1280-channel convs at 8x8 have 10):
+ * partial sums go to a scratch buffer that matmul_splitk.wgsl adds up and finishes with the
+ * epilogue. On the H100 v2 ran the UNet's 3x3 convs at 16x16 and 8x8 3.7-7.8x faster than
+ * v1 and its big linears 1.5-1.6x; a few small products lost up to 18% (docs/GPU.md).
  */
 export const gpuGemmTuning = {
-  kernel: (process.env.ELBO_GPU_GEMM === 'v2' ? 'v2' : 'v1') as 'v1' | 'v2',
+  kernel: (process.env.ELBO_GPU_GEMM === 'v1' ? 'v1' : 'v2') as 'v1' | 'v2',
   /** Split K until about this many workgroups run (two per SM of a 132-SM GPU). */
   targetWorkgroups: 264,
   /** Each split at least this deep. */
   minSplitK: 256,
-  /** 3x3 stride-1 convs of the 'gpu' variant by Winograd (winograd.ts) with the 'gpu' matmul. */
-  winograd: process.env.ELBO_GPU_WINOGRAD === '1',
+  /**
+   * 3x3 stride-1 convs of the 'gpu' variant by Winograd (winograd.ts) with the 'gpu' matmul:
+   * 'f4' where F(4x4, 3x3) is chosen (images of 32x32 and up), 'all' also F(2x2, 3x3) below,
+   * 'off' never. On the H100 F(4x4) beat the direct v2 kernel 1.4-4.2x at 64x64 and 32x32,
+   * while at 16x16 and 8x8 F(2x2) tied or lost (0.6x at 8x8) (docs/GPU.md).
+   */
+  winograd: (['off', 'all'].includes(process.env.ELBO_GPU_WINOGRAD ?? '') ? process.env.ELBO_GPU_WINOGRAD : 'f4') as 'off' | 'f4' | 'all',
 };
 
 const GPU2_TILE = 128;

@@ -140,7 +140,8 @@ export interface WinogradArgs {
  * windows: the VAE's 128 channels at 512x512 f32 are exactly one 128 MiB binding).
  */
 export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: number; H: number; W: number; kh: number; kw: number; stride: number; pads: number[]; act: Act }): boolean {
-  if (!ENABLED || (dev.kind !== 'cpu' && !gpuGemmTuning.winograd)) return false;
+  if (!ENABLED) return false;
+  if (dev.kind !== 'cpu' && (gpuGemmTuning.winograd === 'off' || (gpuGemmTuning.winograd === 'f4' && winogradTileFor(a.H, a.W) !== 4))) return false;
   if (a.kh !== 3 || a.kw !== 3 || a.stride !== 1 || a.pads.some((p) => p !== 1)) return false;
   if (a.Ci % 4 !== 0 || a.Co % 4 !== 0 || (a.act !== 'none' && a.act !== 'silu')) return false;
   const tiles = a.B * Math.ceil(a.H / 2) * Math.ceil(a.W / 2);

@@ -17,9 +17,8 @@ export function gemmVariants(opts: { whole?: boolean } = {}): TestVariant[] {
 
 /** Sets gpuGemmTuning for `v` and returns the variant to pass to matmul / conv2d. */
 export function asVariant(v: TestVariant): MatmulVariant {
-  Object.assign(gpuGemmTuning, DEFAULTS, { kernel: v.startsWith('gpu2') ? 'v2' : 'v1' });
+  Object.assign(gpuGemmTuning, DEFAULTS, { kernel: v.startsWith('gpu2') ? 'v2' : 'v1', winograd: v === 'gpu2-wino' ? 'all' : 'off' });
   if (v === 'gpu2' || v === 'gpu2-wino') gpuGemmTuning.minSplitK = 16;
-  if (v === 'gpu2-wino') gpuGemmTuning.winograd = true;
   if (v === 'gpu2-whole') gpuGemmTuning.targetWorkgroups = 0;
   return v.startsWith('gpu2') ? 'gpu' : (v as MatmulVariant);
 }
