@@ -53,19 +53,24 @@ if ! step doctor 60 $TSX src/cli.ts doctor; then
 fi
 head -30 "$OUT/doctor.log"
 B="$TSX bench/index.ts"
-step tests 200 node_modules/.bin/vitest run test/kernels-*.test.ts test/device.test.ts test/conv-prepared.test.ts
-grep -E "Test Files|Tests |FAIL|×" "$OUT/tests.log" | head -20
-step ab 150 $B ab
-step kernels 60 $B kernels --json
-step unet 60 $B unet --json --runs 3
+step unet 60 $B unet --json --runs 5
+step unet-b2 60 $B unet --json --runs 3 --batch 2
 step unet-profile 60 $B unet --runs 1 --profile-shapes 25
-step segment 90 $B segment --json
-step vae 45 $B vae --json --runs 3
-step text 30 $B text --json
-step demo 60 $TSX src/cli.ts demo --out "$OUT/demo"
+step segment 60 $B segment --json
+step ab 150 $B ab
+step demo 40 $TSX src/cli.ts demo --out "$OUT/demo"
+step kernels 40 $B kernels --json
+step vae 30 $B vae --json --runs 3
+step text 20 $B text --json
+step tests 150 node_modules/.bin/vitest run test/kernels-*.test.ts test/device.test.ts test/conv-prepared.test.ts
+grep -E "Test Files|Tests |FAIL|×" "$OUT/tests.log" | head -20
 log "== summary"
 cat "$OUT/summary.txt"
 cat "$OUT/ab.log"
-cat "$OUT"/unet.log "$OUT"/segment.log "$OUT"/vae.log "$OUT"/text.log 2>/dev/null | grep '^{' | cut -c1-200
-grep -A12 '^profile of' "$OUT/unet-profile.log"
+cat "$OUT"/unet.log "$OUT"/unet-b2.log "$OUT"/segment.log "$OUT"/vae.log "$OUT"/text.log 2>/dev/null | grep '^{' | cut -c1-200
+tail -45 "$OUT/unet-profile.log"
 grep -E '"variant":"(gpu|naive)"' "$OUT/kernels.log" | cut -c1-160
+# Few files back: every log into one, the demo's ELBO figures beside it.
+for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log
+[ -f "$OUT/demo/elbo.json" ] && cp "$OUT/demo/elbo.json" "$OUT/demo-elbo.json"
+rm -rf "$OUT/demo"

@@ -45,7 +45,7 @@ async function main(): Promise<void> {
     const o: ModelBenchOptions = {
       dtype: values.dtype === 'f16' ? 'f16' : 'f32',
       batch: Number(values.batch),
-      runs: Number(values.runs ?? (what === 'text' ? 5 : 2)),
+      runs: Number(values.runs ?? (what === 'text' ? 5 : what === 'segment' ? 1 : 2)),
       config: values.config === 'sdxl' ? 'sdxl' : 'sd15',
       profile: values.profile! || values['profile-shapes'] !== undefined,
       profileShapes: Number(values['profile-shapes'] ?? 0),

@@ -183,8 +183,10 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
     });
   };
   if (o.warmup) {
+    const tw = performance.now();
     run(); // warm-up: pipeline compiles
     await dev.sync();
+    if (!process.argv.includes('--json')) console.error(`first forward (pipeline compiles included): ${((performance.now() - tw) / 1000).toFixed(2)} s`);
   }
   dev.resetPeak();
   if (o.profile) await printProfile(dev, 'one UNet forward', run, o.profileShapes ?? 0);

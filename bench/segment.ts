@@ -96,21 +96,27 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
   const S = 512;
   const img = { width: S, height: S, data: new Uint8Array(S * S * 3).map((_, i) => (i * 7) % 256) };
   const config = applyOverrides(defaultConfig(), []);
-  dev.resetPeak();
-  const t0 = performance.now();
-  let last = '';
-  await segmentImage(pipe, img, ['cat', 'dog'], {
-    config,
-    maxBatch: o.batch > 1 ? o.batch : 2,
-    onProgress: (p) => {
-      const s = `${p.phase} ${p.done}/${p.total}`;
-      // a line per step where stderr is a log file (a full-size run takes many minutes there)
-      if (s !== last) process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}${s} ${((performance.now() - t0) / 1000).toFixed(0)}s${process.stderr.isTTY ? '   ' : '\n'}`);
-      last = s;
-    },
-  });
-  const seconds = (performance.now() - t0) / 1000;
-  if (process.stderr.isTTY) process.stderr.write('\n');
+  // --runs N segments the image N times in one process and reports the last: the first
+  // includes every pipeline compile (seconds on a GPU with a cold driver cache).
+  let seconds = 0;
+  for (let r = 0; r < Math.max(1, o.runs); r++) {
+    dev.resetPeak();
+    const t0 = performance.now();
+    let last = '';
+    await segmentImage(pipe, img, ['cat', 'dog'], {
+      config,
+      maxBatch: o.batch > 1 ? o.batch : 2,
+      onProgress: (p) => {
+        const s = `${p.phase} ${p.done}/${p.total}`;
+        // a line per step where stderr is a log file (a full-size run takes many minutes there)
+        if (s !== last) process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}${s} ${((performance.now() - t0) / 1000).toFixed(0)}s${process.stderr.isTTY ? '   ' : '\n'}`);
+        last = s;
+      },
+    });
+    seconds = (performance.now() - t0) / 1000;
+    if (process.stderr.isTTY) process.stderr.write('\n');
+    if (o.runs > 1) process.stderr.write(`run ${r + 1}/${o.runs}: ${seconds.toFixed(2)} s\n`);
+  }
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
   const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);
   return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20 };
