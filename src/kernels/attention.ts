@@ -47,9 +47,11 @@ export const attentionTuning = {
    * attention_gpu2.wgsl: R query rows per invocation, WG invocations per workgroup, KB keys
    * per register block (halved while a K + V tile of KB keys exceeds the budget), K / V
    * tiles of at most tileBytes of workgroup memory together, the channel loops written out
-   * (literal indices) for heads of at most unrollMaxD4 vec4.
+   * (literal indices) for heads of at most unrollMaxD4 vec4. Measured on the H100 (docs/GPU.md,
+   * 4096-token self-attention, 8 heads of 40): R 1 / WG 128 0.95 ms, R 1 / WG 64 1.32, R 2
+   * 2.18, R 4 3.64; the default is the fastest at every UNet shape but one (a tie).
    */
-  gpuV2: { R: 1, WG: 64, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
+  gpuV2: { R: 1, WG: 128, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
 };
 
 /**
@@ -243,13 +245,13 @@ function cpuProbsBody(R: number, JB: number, sg: boolean): string {
  * (constant trip count D4) are written out with literal indices when `unroll`, so the q / o
  * row arrays are only ever indexed by constants.
  */
-function gpu2Body(R: number, KB: number, D4: number, unroll: boolean): string {
+function gpu2Body(R: number, KB: number, D4: number, unroll: boolean, runtimeBounds: boolean): string {
   const rs = range(R);
   const js = range(KB);
   // Emits lines(c) once per channel: a loop over c, or D4 copies with c a literal, each in
   // its own block so their `let`s do not collide.
   const overC = (ind: string, lines: (c: string) => string[]): string[] => {
-    if (!unroll) return [`${ind}for (var c = 0u; c < D4; c++) {`, ...lines('c').map((x) => `${ind}  ${x}`), `${ind}}`];
+    if (!unroll) return [`${ind}for (var c = 0u; c < ${runtimeBounds ? 'p.d4' : 'D4'}; c++) {`, ...lines('c').map((x) => `${ind}  ${x}`), `${ind}}`];
     return range(D4).flatMap((c) => {
       const body = lines(`${c}u`);
       return body.length === 1 ? [`${ind}${body[0]}`] : [`${ind}{`, ...body.map((x) => `${ind}  ${x}`), `${ind}}`];
@@ -272,7 +274,7 @@ function gpu2Body(R: number, KB: number, D4: number, unroll: boolean): string {
   L.push('      vs[e] = ldv(kj, e % D4);');
   L.push('    }');
   L.push('    workgroupBarrier();');
-  L.push('    for (var g = 0u; g < TK; g += KB) {');
+  L.push(`    for (var g = 0u; g < ${runtimeBounds ? 'p.TK' : 'TK'}; g += KB) {`);
   L.push('      let jb = j0 + g;');
   L.push('      if (jb >= kend) { break; }');
   for (const j of js) {
@@ -447,7 +449,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const TK = KB * Math.max(1, Math.min(Math.floor(256 / KB), Math.floor(budget / (32 * D4 * KB))));
       const vec = d % 4 === 0;
       // lavapipe's LLVM takes minutes over a long written-out body (d 160 at R 2, KB 8: 360 s
-      // against 2.5 s for the loops), so there only small bodies are written out.
+      // against 2.5 s for the loops), so there only small bodies are written out, and the
+      // loops left are bounded by uniforms (p.d4, p.TK): with constant trip counts LLVM
+      // unrolls them itself (d 64: 100 s -> 4 s to compile). lavapipe runs this kernel only
+      // in tests; a GPU compiler gets the constants.
       const unroll = D4 <= unrollMaxD4 && (!dev.adapter.isFallback || D4 * R * KB <= 40);
       const key = `attention_gpu2 D4${D4} R${R} WG${WG} KB${KB} TK${TK} ${vec ? 'vec4' : 'f32'} ${unroll ? 'unrolled' : 'loops'}`;
       const pipe = dev.pipeline(key, () =>
@@ -455,7 +460,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
           ELEM: vec ? 'vec4<f32>' : 'f32',
           LOADERS: loaders(vec, true, true),
           WG, R, D4, KB, TK,
-          BODY: gpu2Body(R, KB, D4, unroll),
+          BODY: gpu2Body(R, KB, D4, unroll, dev.adapter.isFallback),
         }));
       const nRG = Math.ceil(Nq / (WG * R));
       const wg = grid1d(B * H * nRG);
