@@ -1,6 +1,8 @@
 // `elbo-t2ialign doctor`: what WebGPU adapter we run on and which kernel variants it gets.
 import { Device, dawnFlags } from '../tensor/index.js';
 import { variants } from '../kernels/index.js';
+import { gpuGemmTuning } from '../kernels/matmul.js';
+import { attentionTuning } from '../kernels/attention.js';
 
 export async function runDoctor(args: string[]): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {
@@ -12,12 +14,20 @@ export async function runDoctor(args: string[]): Promise<number> {
   // others have one fast variant beside the naive reference.
   const inUse = (available: string[]): string => (available.includes(dev.kind) ? dev.kind : available.find((v) => v !== 'naive') ?? 'naive');
   const kernels = Object.fromEntries(Object.entries(variants()).map(([k, v]) => [k, { inUse: inUse(v), available: v }]));
+  // Within the 'gpu' variant: which kernels (docs/GPU.md; ELBO_GPU_GEMM / _WINOGRAD / _ATTN).
+  const gpuKernels = {
+    gemm: gpuGemmTuning.kernel,
+    winograd: gpuGemmTuning.winograd,
+    attention: attentionTuning.gpuKernel,
+    attentionV2: { R: attentionTuning.gpuV2.R, WG: attentionTuning.gpuV2.WG, KB: attentionTuning.gpuV2.KB },
+  };
   const report = {
     adapter: dev.adapter,
     kind: dev.kind,
     features: dev.features,
     limits: dev.limits,
     kernels,
+    gpuKernels,
   };
   if (args.includes('--json')) {
     console.log(JSON.stringify(report, null, 1));
@@ -33,5 +43,8 @@ export async function runDoctor(args: string[]): Promise<number> {
   for (const [k, v] of Object.entries(dev.limits)) console.log(`  ${k.padEnd(36)} ${v}`);
   console.log('kernel variants (in use / available):');
   for (const [k, v] of Object.entries(kernels)) console.log(`  ${k.padEnd(12)} ${v.inUse.padEnd(8)} / ${v.available.join(', ')}`);
+  const g = gpuKernels;
+  const a2 = g.attention === 'v2' ? ` (${g.attentionV2.R} row per invocation, ${g.attentionV2.WG} invocations)` : '';
+  console.log(`'gpu' kernels${dev.kind === 'gpu' ? '' : ' (when asked for)'}: GEMM ${g.gemm}, Winograd ${g.winograd}, attention ${g.attention}${a2}`);
   return 0;
 }
