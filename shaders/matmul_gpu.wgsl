@@ -4,26 +4,13 @@
 // past the edges. On lavapipe this is correct but slow (PLATFORM.md). An invocation's
 // columns are n0 + lid.x + 16j, or n0 + 4 lid.x + j with GLU (pairs in one invocation).
 //#include matmul_common
+//#include matmul_loads
 
 const T = {{TILE}}u;
 const BK = 16u;
 var<workgroup> As: array<f32, BK * T>;  // [BK][T]: As[k * T + m]
 var<workgroup> Bs: array<f32, BK * T>;  // [BK][T]: Bs[k * T + n]
 
-fn ldA(i: u32) -> f32 {
-//#if A_F16
-  return unpack2x16float(a[i >> 1u])[i & 1u];
-//#else
-  return a[i];
-//#endif
-}
-fn ldB(i: u32) -> f32 {
-//#if B_F16
-  return unpack2x16float(b[i >> 1u])[i & 1u];
-//#else
-  return b[i];
-//#endif
-}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,

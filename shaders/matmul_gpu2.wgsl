@@ -11,6 +11,7 @@
 // CONV: a = weights (Co, Ci * kh * kw) at aOff + m * aRs + k; b = the input planes gathered
 // as im2col (k = ci * kh * kw + ky * kw + kx, n = output pixel), never stored.
 //#include matmul_common
+//#include matmul_loads
 
 const BM = 128u;
 const BK = 8u;
@@ -18,20 +19,6 @@ const RS = 33u;  // vec4 per staged k row: 32 + 1 of padding against bank confli
 var<workgroup> As: array<vec4<f32>, BK * RS>;  // As[k * RS + m / 4][m % 4]
 var<workgroup> Bs: array<vec4<f32>, BK * RS>;
 
-fn ldA(i: u32) -> f32 {
-//#if A_F16
-  return unpack2x16float(a[i >> 1u])[i & 1u];
-//#else
-  return a[i];
-//#endif
-}
-fn ldB(i: u32) -> f32 {
-//#if B_F16
-  return unpack2x16float(b[i >> 1u])[i & 1u];
-//#else
-  return b[i];
-//#endif
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -1,21 +1,8 @@
 // Naive matmul (reference variant): one output element per invocation (GLU: one pair),
 // scalar loads through the strides, so it serves every layout.
 //#include matmul_common
+//#include matmul_loads
 
-fn loadA(i: u32) -> f32 {
-//#if A_F16
-  return unpack2x16float(a[i >> 1u])[i & 1u];
-//#else
-  return a[i];
-//#endif
-}
-fn loadB(i: u32) -> f32 {
-//#if B_F16
-  return unpack2x16float(b[i >> 1u])[i & 1u];
-//#else
-  return b[i];
-//#endif
-}
 
 @compute @workgroup_size(8, 8)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
@@ -34,14 +21,14 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 //#if GLU
   var gate = 0.0;
   for (var k = 0u; k < p.K; k++) {
-    let x = loadA(ab + k * p.aCs);
-    acc += x * loadB(bb + k * p.bRs);
-    gate += x * loadB(bb + p.bCs + k * p.bRs);
+    let x = ldA(ab + k * p.aCs);
+    acc += x * ldB(bb + k * p.bRs);
+    gate += x * ldB(bb + p.bCs + k * p.bRs);
   }
   epilogueGlu(acc, gate, m, n, z);
 //#else
   for (var k = 0u; k < p.K; k++) {
-    acc += loadA(ab + k * p.aCs) * loadB(bb + k * p.bRs);
+    acc += ldA(ab + k * p.aCs) * ldB(bb + k * p.bRs);
   }
   epilogue(acc, m, n, z);
 //#endif

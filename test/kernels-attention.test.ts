@@ -98,6 +98,30 @@ async function runCase(variant: AttentionVariant, B: number, Nq: number, Nk: num
   return rel;
 }
 
+/**
+ * 4096-token self-attention (H 8, d 40) with probsOut, checked on the given rows against the
+ * float64 reference; returns the larger relative error of output and probabilities.
+ */
+async function check4096(variant: AttentionVariant, rows: number[]): Promise<number> {
+  const dev = await getDevice();
+  const [N, H, d] = [4096, 8, 40];
+  const qa = randn(N * H * d, 21, 2);
+  const ka = randn(N * H * d, 22, 2);
+  const va = randn(N * H * d, 23);
+  const q = Tensor.fromArray(dev, qa, [1, N, H * d]);
+  const k = Tensor.fromArray(dev, ka, [1, N, H * d]);
+  const v = Tensor.fromArray(dev, va, [1, N, H * d]);
+  const probs = Tensor.zeros(dev, [N, N]);
+  const out = attention(q, k, v, H, { probsOut: probs, variant });
+  const ref = refAttention(qa, ka, va, 1, N, N, H, d, { rows });
+  const gotO = pickRows(await out.toArray(), 1, N, H * d, rows);
+  const gotP = pickRows(await probs.toArray(), 1, N, N, rows);
+  expectClose(gotO, ref.out, 1e-4, `${variant} 4096 out`);
+  expectClose(gotP, ref.probs, 1e-4, `${variant} 4096 probs`);
+  for (const t of [q, k, v, probs, out]) t.release();
+  return Math.max(maxAbsDiff(gotO, ref.out) / Math.max(1, maxAbs(ref.out)), maxAbsDiff(gotP, ref.probs));
+}
+
 describe('attention', () => {
   for (const variant of ALL) {
     // 'gpu' here is its first kernel (attention_gpu.wgsl); v2, the default, has its own block.
@@ -182,21 +206,7 @@ describe('attention', () => {
       // lavapipe the naive kernel takes ~1.5 minutes here and the gpu variant ~2, so those are
       // checked on the smaller shapes above (the gpu variant gets this test on a GPU).
       if (BIG_VARIANTS.includes(variant)) it('4096-token self-attention (H 8, d 40) on sampled rows, with probsOut', async () => {
-        const dev = await getDevice();
-        const [N, H, d] = [4096, 8, 40];
-        const qa = randn(N * H * d, 21, 2);
-        const ka = randn(N * H * d, 22, 2);
-        const va = randn(N * H * d, 23);
-        const q = Tensor.fromArray(dev, qa, [1, N, H * d]);
-        const k = Tensor.fromArray(dev, ka, [1, N, H * d]);
-        const v = Tensor.fromArray(dev, va, [1, N, H * d]);
-        const probs = Tensor.zeros(dev, [N, N]);
-        const out = attention(q, k, v, H, { probsOut: probs, variant });
-        const rows = [0, 1, 7, 63, 64, 65, 1000, 2047, 4031, 4095];
-        const ref = refAttention(qa, ka, va, 1, N, N, H, d, { rows });
-        expectClose(pickRows(await out.toArray(), 1, N, H * d, rows), ref.out, 1e-4, `${variant} 4096 out`);
-        expectClose(pickRows(await probs.toArray(), 1, N, N, rows), ref.probs, 1e-4, `${variant} 4096 probs`);
-        for (const t of [q, k, v, probs, out]) t.release();
+        await check4096(variant, [0, 1, 7, 63, 64, 65, 1000, 2047, 4031, 4095]);
       });
     });
   }
@@ -269,26 +279,7 @@ describe('attention', () => {
     });
 
     it('4096-token self-attention (H 8, d 40) on sampled rows, with probsOut', async () => {
-      await withV2(async () => {
-        const dev = await getDevice();
-        const [N, H, d] = [4096, 8, 40];
-        const qa = randn(N * H * d, 21, 2);
-        const ka = randn(N * H * d, 22, 2);
-        const va = randn(N * H * d, 23);
-        const q = Tensor.fromArray(dev, qa, [1, N, H * d]);
-        const k = Tensor.fromArray(dev, ka, [1, N, H * d]);
-        const v = Tensor.fromArray(dev, va, [1, N, H * d]);
-        const probs = Tensor.zeros(dev, [N, N]);
-        const out = attention(q, k, v, H, { probsOut: probs, variant: 'gpu' });
-        const rows = [0, 1, 7, 63, 64, 65, 127, 128, 1000, 2047, 4031, 4095];
-        const ref = refAttention(qa, ka, va, 1, N, N, H, d, { rows });
-        const gotO = pickRows(await out.toArray(), 1, N, H * d, rows);
-        const gotP = pickRows(await probs.toArray(), 1, N, N, rows);
-        expectClose(gotO, ref.out, 1e-4, 'gpu v2 4096 out');
-        expectClose(gotP, ref.probs, 1e-4, 'gpu v2 4096 probs');
-        note(Math.max(maxAbsDiff(gotO, ref.out) / Math.max(1, maxAbs(ref.out)), maxAbsDiff(gotP, ref.probs)));
-        for (const t of [q, k, v, probs, out]) t.release();
-      });
+      await withV2(async () => note(await check4096('gpu', [0, 1, 7, 63, 64, 65, 127, 128, 1000, 2047, 4031, 4095])));
     });
   });
 

@@ -413,6 +413,16 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
         ['u', probsOut ? 1 : 0], ['u', nx], ['u', nRG], ['f', scale2],
       ]);
     const bindings = [q.binding(), k.binding(), v.binding(), maskBinding, out.binding(), stats.binding()];
+    // The 'gpu' kernels: workgroups of `rows` query rows, uniforms plus d4 and the keys per tile.
+    const dispatchGpu = (pipeline: GPUComputePipeline, rows: number, d4: number, TK: number): void => {
+      const nRG = Math.ceil(Nq / rows);
+      const wg = grid1d(B * H * nRG);
+      const u = new Uint32Array(16);
+      u.set(new Uint32Array(uni(wg[0], nRG)).subarray(0, 12));
+      u[12] = d4;
+      u[13] = TK;
+      dev.dispatch({ label, family: 'attention', pipeline, uniforms: u, bindings, workgroups: wg });
+    };
     // Head sizes above the 'cpu' kernel's private rows (none in SD / CLIP) take the naive kernel.
     if (variant === 'naive' || Nk === 0) {
       const pipe = dev.pipeline('attention_naive', () => loadShader('attention_naive'));
@@ -462,26 +472,14 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
           WG, R, D4, KB, TK,
           BODY: gpu2Body(R, KB, D4, unroll, dev.adapter.isFallback),
         }));
-      const nRG = Math.ceil(Nq / (WG * R));
-      const wg = grid1d(B * H * nRG);
-      const u = new Uint32Array(16);
-      u.set(new Uint32Array(uni(wg[0], nRG)).subarray(0, 12));
-      u[12] = D4;
-      u[13] = TK;
-      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: u, bindings, workgroups: wg });
+      dispatchGpu(pipe, WG * R, D4, TK);
     } else {
       // Keys per shared tile: 512 vec4 per tile (8 KiB each for K and V), at most 128.
       const d4 = Math.ceil(d / 4);
       const TK = Math.min(128, Math.floor(512 / d4));
       const dm = dmax4(d);
       const pipe = dev.pipeline(`attention_gpu dmax${dm}`, () => fillTemplate(loadShader('attention_gpu'), { DMAX4: dm }));
-      const nRG = Math.ceil(Nq / 64);
-      const wg = grid1d(B * H * nRG);
-      const u = new Uint32Array(16);
-      u.set(new Uint32Array(uni(wg[0], nRG)).subarray(0, 12));
-      u[12] = d4;
-      u[13] = TK;
-      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: u, bindings, workgroups: wg });
+      dispatchGpu(pipe, 64, d4, TK);
     }
     if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant });
   } finally {
