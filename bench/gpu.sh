@@ -4,6 +4,8 @@
 # model figures and the demo, as on the CPU adapter. A few minutes on an H100.
 #   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
+#   bash bench/gpu.sh compile     only the first-forward (pipeline compile) times per kernel
+#                                 choice and a segmentation run twice in one process
 # Logs and a summary go to $OUT (default /tmp/gpu-bench); GPU_BUDGET seconds in all (560).
 set -u
 cd "$(dirname "$0")/.."
@@ -53,6 +55,18 @@ if ! step doctor 60 $TSX src/cli.ts doctor; then
 fi
 head -30 "$OUT/doctor.log"
 B="$TSX bench/index.ts"
+if [ "${1:-}" = compile ]; then
+  # Where the first forward's time goes (pipeline compiles on a cold driver cache), per
+  # kernel choice, and a segmentation run twice in one process (the second is warm).
+  step unet-new 45 $B unet --runs 3
+  step unet-attn-v1 45 env ELBO_GPU_ATTN=v1 $B unet --runs 3
+  step unet-gemm-v1 45 env ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B unet --runs 3
+  step unet-all-v1 45 env ELBO_GPU_ATTN=v1 ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B unet --runs 3
+  step segment2 90 $B segment --runs 2
+  step segment2-v1 90 env ELBO_GPU_ATTN=v1 ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B segment --runs 2
+  for f in "$OUT"/unet-*.log "$OUT"/segment2*.log; do echo "== $(basename "$f")"; grep -E "first forward|^unet|^run |^segment" "$f"; done
+  exit 0
+fi
 step unet 60 $B unet --json --runs 5
 step unet-b2 60 $B unet --json --runs 3 --batch 2
 step unet-profile 60 $B unet --runs 1 --profile-shapes 25
