@@ -300,7 +300,7 @@ export const gpuGemmTuning = {
   /**
    * 3x3 stride-1 convs of the 'gpu' variant by Winograd (winograd.ts) with the 'gpu' matmul:
    * 'f4' where F(4x4, 3x3) is chosen (images of 32x32 and up), 'all' also F(2x2, 3x3) below,
-   * 'off' never. On the H100 F(4x4) beat the direct v2 kernel 1.4-4.2x at 64x64 and 32x32,
+   * 'off' never. On the H100 F(4x4) beat the direct v2 kernel 1.4-4.4x at 64x64 and 32x32,
    * while at 16x16 and 8x8 F(2x2) tied or lost (0.6x at 8x8) (docs/GPU.md).
    */
   winograd: (['off', 'all'].includes(process.env.ELBO_GPU_WINOGRAD ?? '') ? process.env.ELBO_GPU_WINOGRAD : 'f4') as 'off' | 'f4' | 'all',
