@@ -308,7 +308,7 @@ function convChunks(
     if (!direct) {
       const d = { A_F16: f16, BIAS_F16: biasF16 };
       pipeline = dev.pipeline(`conv_${variant}:${f16 ? 'f16' : 'f32'}${biasF16 ? ':bias16' : ''}`, () =>
-        buildShader(`conv_${variant}`, d, { A_VEC: f16 ? 'u32' : 'f32', TILE: GPU_TILE }),
+        buildShader(`conv_${variant}`, d, { A_VEC: f16 ? 'u32' : 'f32', TILE: GPU_TILE }, { unroll: !dev.adapter.isFallback }),
       );
       workgroups = variant === 'naive'
         ? [Math.ceil(HWo / 64), M, ch.z1 - ch.z0]

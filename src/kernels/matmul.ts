@@ -78,7 +78,7 @@ export function bindingAlign(dev: Device): number {
  * loadShader + `//#include name`, `//#if A || !B && C` / `//#elif` / `//#else` / `//#endif`
  * (each on its own line) and `{{KEY}}` substitution.
  */
-export function buildShader(name: string, defines: Record<string, boolean>, values: Record<string, string | number> = {}): string {
+export function buildShader(name: string, defines: Record<string, boolean>, values: Record<string, string | number> = {}, opts: { unroll?: boolean } = {}): string {
   const src = loadShader(name).replace(/^\/\/#include (\w+)[ \t]*$/gm, (_, inc: string) => loadShader(inc));
   const test = (expr: string): boolean =>
     expr.split('||').some((alt) =>
@@ -113,7 +113,8 @@ export function buildShader(name: string, defines: Record<string, boolean>, valu
     }
   }
   if (stack.length) throw new GpuError(`shader ${name}: unterminated //#if`);
-  return unroll(fillTemplate(out.join('\n'), { A_VEC: 'f32', B_VEC: 'f32', ...values }));
+  const filled = fillTemplate(out.join('\n'), { A_VEC: 'f32', B_VEC: 'f32', ...values });
+  return opts.unroll === false ? filled : unroll(filled);
 }
 
 /**
@@ -329,7 +330,9 @@ export function dispatchGpu2(
   const { q, defines } = g;
   const on = Object.keys(defines).filter((k) => defines[k]).sort().join(',');
   const vec = { A_VEC: defines.A_F16 ? 'u32' : 'f32', B_VEC: defines.B_F16 ? 'u32' : 'f32' };
-  const pipeline = dev.pipeline(`matmul_gpu2:${on}`, () => buildShader('matmul_gpu2', defines, vec));
+  // lavapipe runs this kernel only in tests: there the loops stay rolled (written out, one
+  // pipeline took 15-24 s to compile there, cold).
+  const pipeline = dev.pipeline(`matmul_gpu2:${on}`, () => buildShader('matmul_gpu2', defines, vec, { unroll: !dev.adapter.isFallback }));
   const tilesN = Math.ceil(q.N / GPU2_TILE);
   const tilesM = Math.ceil(q.M / GPU2_TILE);
   let [ks, kc] = gpu2Splits(q.M, q.N, g.Kt, q.batch);
@@ -396,7 +399,8 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
     const defines = { A_F16: g.a.t.dtype === 'f16', B_F16: g.b.t.dtype === 'f16', BIAS_F16: biasF16, GLU: glu };
     const key = `matmul_${g.variant}:${Object.keys(defines).filter((k) => defines[k as keyof typeof defines]).join(',')}`;
     const vec = { A_VEC: g.a.t.dtype === 'f16' ? 'u32' : 'f32', B_VEC: g.b.t.dtype === 'f16' ? 'u32' : 'f32' };
-    const pipeline = dev.pipeline(key, () => buildShader(`matmul_${g.variant}`, defines, { ...vec, TILE: GPU_TILE }));
+    // The 'gpu' kernel's loops stay rolled on lavapipe, where it runs only in tests (compile time).
+    const pipeline = dev.pipeline(key, () => buildShader(`matmul_${g.variant}`, defines, { ...vec, TILE: GPU_TILE }, { unroll: !dev.adapter.isFallback }));
     // naive with GLU: an invocation computes a pair of columns.
     return { pipeline, tile: g.variant === 'naive' ? [8, glu ? 16 : 8] : [GPU_TILE, GPU_TILE] };
   }
