@@ -70,9 +70,9 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
   const attnChoices: Choices = {
     'v1': () => setAttn('v1'),
     'v2': () => setV2({}),
+    'v2-R2': () => setV2({ R: 2 }),
     'v2-R4': () => setV2({ R: 4 }),
-    'v2-R1': () => setV2({ R: 1 }),
-    'v2-WG128': () => setV2({ WG: 128 }),
+    'v2-WG64': () => setV2({ WG: 64 }),
     'v2-KB16': () => setV2({ KB: 16, tileBytes: 32768 }),
   };
   try {

@@ -6,11 +6,12 @@
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
 #   bash bench/gpu.sh compile     only the first-forward (pipeline compile) times per kernel
 #                                 choice and a segmentation run twice in one process
-# Logs and a summary go to $OUT (default /tmp/gpu-bench); GPU_BUDGET seconds in all (560).
+# Logs and a summary go to $OUT (default $TMPDIR/gpu-bench); GPU_BUDGET seconds in all (560).
 set -u
 cd "$(dirname "$0")/.."
 T0=$SECONDS
-OUT=${OUT:-/tmp/gpu-bench}
+TMP=${TMPDIR:-/tmp}
+OUT=${OUT:-$TMP/gpu-bench}
 mkdir -p "$OUT"
 log() { echo "[$((SECONDS - T0))s] $*"; }
 step() { # step NAME LIMIT CMD...: runs CMD with its output in $OUT/NAME.log, within the budget
@@ -31,10 +32,10 @@ step() { # step NAME LIMIT CMD...: runs CMD with its output in $OUT/NAME.log, wi
 # Offline set-up from bench/gpu-pack.sh's bundle: Node, node_modules, the Vulkan loader and
 # the glvnd libraries NVIDIA's Vulkan driver (libGLX_nvidia) needs.
 if [ -d .gpu-pack ]; then
-  mkdir -p /tmp/gpu-node
-  [ -x /tmp/gpu-node/node ] || xz -dc .gpu-pack/node.xz >/tmp/gpu-node/node
-  chmod +x /tmp/gpu-node/node
-  export PATH=/tmp/gpu-node:$PATH
+  mkdir -p "$TMP/gpu-node"
+  [ -x "$TMP/gpu-node/node" ] || xz -dc .gpu-pack/node.xz >"$TMP/gpu-node/node"
+  chmod +x "$TMP/gpu-node/node"
+  export PATH="$TMP/gpu-node:$PATH"
   [ -d node_modules/webgpu ] || tar -xJf .gpu-pack/node_modules.tar.xz
   if [ "$(id -u)" = 0 ]; then
     for f in .gpu-pack/*.deb; do dpkg -x "$f" /; done
