@@ -8,6 +8,9 @@
 //   A_V4  a contiguous along K, a: array<vec4<f32>>       (row-major a)
 //   A_T4  a contiguous along M, a: array<vec4<f32>>       (transA, M % 4 == 0)
 //   else  a: array<f32>, any strides
+//   A_TEX a from the rgba32float 2D-array texture aT that matmul_pack_a.wgsl wrote
+//         (texel (k / 4, m, z)): on lavapipe far cheaper per value than any buffer load,
+//         because the 8 lanes' rows differ (the a modes above are then unused)
 //   B_V4  b contiguous along N, f32 vec4                 (row-major b, N % 4 == 0)
 //   B_T4  b contiguous along K, f32 vec4                 (transB / nn.Linear weight)
 //   B_H8  b contiguous along N, f16 as vec4<u32>         (N % 8 == 0)
@@ -20,6 +23,10 @@ const NV = {{NV}}u;      // vec4 column groups per invocation
 const TN = {{TN}}u;      // = 4 * NV output columns per invocation
 const KS = {{KS}}u;      // K per main-loop step: 4, or 8 when b is read as vec4<u32>
 const CPL = {{CPL}}u;    // SG_B: columns of b each lane loads (TN / 8)
+
+//#if A_TEX
+@group(0) @binding(6) var aT: texture_2d_array<f32>;
+//#endif
 
 fn ldA(i: u32) -> f32 {
 //#if A_V4 || A_T4
@@ -73,6 +80,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   for (var r = 0u; r < TM; r++) { ar[r] = aB + min(row0 + r, p.M - 1u) * p.aRs; }
   var bc: array<u32, TN>;
   for (var c = 0u; c < TN; c++) { bc[c] = bB + min(col0 + c, p.N - 1u) * p.bCs; }
+//#if A_TEX
+  var am: array<u32, TM>;  // texture row of each (clamped) row of the block
+  for (var r = 0u; r < TM; r++) { am[r] = min(row0 + r, p.M - 1u); }
+//#endif
 //#if A_T4
   var ar4: array<u32, TM / 4u>;  // a block of 4 rows starts here (M % 4 == 0: blocks never straddle M)
   for (var r = 0u; r < TM / 4u; r++) { ar4[r] = aB + min(row0 + 4u * r, p.M - 4u); }
@@ -99,7 +110,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     // (measured faster: with f16 b the unpacking then overlaps the loads).
     var avs: array<array<vec4<f32>, TM>, KS / 4u>;
     for (var s = 0u; s < KS; s += 4u) {
-//#if A_V4
+//#if A_TEX
+      for (var r = 0u; r < TM; r++) { avs[s / 4u][r] = textureLoad(aT, vec2<u32>((k + s) >> 2u, am[r]), z, 0); }
+//#elif A_V4
       for (var r = 0u; r < TM; r++) { avs[s / 4u][r] = a[(ar[r] + k + s) >> 2u]; }
 //#elif A_T4
       for (var kk = 0u; kk < 4u; kk++) {
@@ -179,7 +192,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var bs: array<vec4<f32>, NV>;
     for (var c = 0u; c < TN; c++) { bs[c / 4u][c % 4u] = ldB(bc[c] + k * p.bRs); }
     for (var r = 0u; r < TM; r++) {
+//#if A_TEX
+      let x = textureLoad(aT, vec2<u32>(k >> 2u, am[r]), z, 0)[k & 3u];
+//#else
       let x = ldA(ar[r] + k * p.aCs);
+//#endif
       for (var c = 0u; c < NV; c++) { acc[r][c] += x * bs[c]; }
     }
   }

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, type Act } from '../src/kernels/matmul.js';
+import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, cpuGemmTuning, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 
@@ -111,15 +111,21 @@ describe('matmul', () => {
 
   it('cpu: few rows take 2 or 1 rows per lane (no workgroup of mostly clamped rows), and agree', async () => {
     dev = await getDevice();
-    expect([2, 8, 9, 16, 17, 24, 40, 77, 4096].map(sgRowsPerLane)).toEqual([1, 1, 2, 2, 4, 4, 2, 4, 4]);
+    const Ms = [2, 8, 9, 16, 17, 24, 40, 64, 77, 4096];
+    expect(Ms.map((m) => sgRowsPerLane(m))).toEqual([1, 1, 2, 2, 4, 4, 2, 4, 4, 4]);
+    // The 8-row tile of the texture path.
+    expect(Ms.map((m) => sgRowsPerLane(m, 8))).toEqual([1, 1, 2, 2, 4, 4, 2, 8, 2, 8]);
     // Winograd's 8x8 images: 16 rows in 16 batches; and 5 rows (1 per lane), f32 and f16 b.
-    for (const f16 of dev.hasF16 ? [false, true] : [false]) {
-      await check('cpu', 16, 16, 40, 48, { transB: true, f16, bBatched: true });
-      await check('cpu', 2, 5, 24, 36, { transB: true, f16, bias: new Float32Array(), act: 'silu' });
-      await check('cpu', 1, 40, 72, 32, { transB: true, f16 });
-      // a transposed and read as 4-row vec4s (a 1x1 conv of a 4x4 image) keeps 4 rows per lane.
-      await check('cpu', 2, 16, 24, 32, { transA: true, transB: true, f16 });
-      await check('cpu', 1, 8, 40, 12, { transA: true, transB: true, f16 });
+    for (const variant of ['cpu', 'cpu-buf'] as const) {
+      for (const f16 of dev.hasF16 ? [false, true] : [false]) {
+        await check(variant, 16, 16, 40, 48, { transB: true, f16, bBatched: true });
+        await check(variant, 2, 5, 24, 36, { transB: true, f16, bias: new Float32Array(), act: 'silu' });
+        await check(variant, 1, 40, 72, 32, { transB: true, f16 });
+        await check(variant, 1, 77, 64, 40, { transB: true, f16 });
+        // a transposed and read as 4-row vec4s (a 1x1 conv of a 4x4 image) keeps 4 rows per lane.
+        await check(variant, 2, 16, 24, 32, { transA: true, transB: true, f16 });
+        await check(variant, 1, 8, 40, 12, { transA: true, transB: true, f16 });
+      }
     }
   });
 
@@ -193,6 +199,19 @@ describe('matmul', () => {
       await check(variant, 1, 24, 100, 40, { act: 'gelu_tanh', residual: new Float32Array() });
       await check(variant, 3, 30, 20, 40, { bBatched: true });
       if (dev.hasF16) await check(variant, 1, 24, 160, 48, { transB: true, f16: true });
+    }
+  });
+
+  it('cpu: splits rows and batches that exceed the texture limits of the texture-read a', async () => {
+    dev = await getDevice();
+    cpuGemmTuning.textureLimit = { rows: 16, layers: 2 };
+    try {
+      // 37 rows in 16-row pieces, 3 batches in 2-layer pieces, with every epilogue input.
+      await check('cpu', 3, 37, 24, 20, { bias: new Float32Array(), residual: new Float32Array(), act: 'silu', alpha: 0.5 });
+      await check('cpu', 3, 37, 24, 20, { transA: true, transB: true, bBatched: true });
+      if (dev.hasF16) await check('cpu', 1, 50, 40, 24, { transB: true, f16: true });
+    } finally {
+      cpuGemmTuning.textureLimit = undefined;
     }
   });
 

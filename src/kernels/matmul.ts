@@ -123,7 +123,7 @@ export function buildShader(name: string, defines: Record<string, boolean>, valu
  * register-block arrays dynamically, which puts them in memory (20x slower). Each
  * iteration becomes a `{ ... }` block with the index as a literal.
  */
-function unroll(src: string): string {
+export function unroll(src: string): string {
   const consts = new Map<string, number>();
   for (const m of src.matchAll(/^const (\w+) = (\d+)u;/gm)) consts.set(m[1]!, Number(m[2]));
   const evalBound = (expr: string): number | undefined => {
@@ -255,24 +255,46 @@ const TILE_OVERRIDE = parseTile(process.env.ELBO_MATMUL_TILE);
 const CPU_TILE = TILE_OVERRIDE ?? { TM: 16, NV: 4 };
 // With SG_B, f32 or f16 b, by CPU time at 4096x320x1280: f32 4x8 ~15 vs 16x4 without SG_B
 // ~9 (before the pairwise products; 15-19 after); f16 b 4x8 ~13 vs 8x4 ~11 in one process.
-const SG_TILE = { TM: 4, NV: 8 };
 const GEMV_TILE = { TM: 1, NV: 2 };
 
 /**
- * Rows per lane of the SG_B tile for a problem of M rows: 4, or fewer when a workgroup of
- * 8 x 4 rows would mostly compute clamped copies of the last row (the Winograd matmuls of
- * 8x8 images have 16 rows). Picks the least padded rows weighted by the measured cost of a
- * row at 2 and 1 rows per lane (1.3x and 1.7x). Batch 16, K = N = 1280, CPU time: M = 16,
- * 4 -> 2 rows per lane 8.4 -> 17.0 GFLOP/s; M = 8, 4 -> 1 3.9 -> 10.6; M = 24 within noise.
+ * Rows per lane of the SG_B tile for a problem of M rows: `maxRows` (the tile's), or fewer
+ * when a workgroup of 8 x maxRows rows would mostly compute clamped copies of the last row
+ * (the Winograd matmuls of 8x8 images have 16 rows). Picks the least padded rows weighted
+ * by the measured cost of a row at fewer rows per lane (4: 1.15x, 2: 1.3x, 1: 1.7x). Batch
+ * 16, K = N = 1280, CPU time: M = 16, 4 -> 2 rows per lane 8.4 -> 17.0 GFLOP/s; M = 8,
+ * 4 -> 1 3.9 -> 10.6; M = 24 within noise.
  */
-export function sgRowsPerLane(M: number): number {
-  const options: [rows: number, costPerRow: number][] = [[SG_TILE.TM, 1], [2, 1.3], [1, 1.7]];
+export function sgRowsPerLane(M: number, maxRows = 4): number {
+  const options = ([[maxRows, 1], [4, 1.15], [2, 1.3], [1, 1.7]] as [rows: number, costPerRow: number][]).filter(([r]) => r <= maxRows);
   const cost = ([tm, w]: [number, number]): number => Math.ceil(M / (8 * tm)) * 8 * tm * w;
   let best = options[0]!;
   for (const o of options) if (cost(o) < cost(best)) best = o;
   return best[0];
 }
 const COL_LANES = process.env.ELBO_COL_LANES === '1';
+
+/**
+ * Choices of the cpu GEMM kernel. `aTexture` (default on; ELBO_MATMUL_ATEX=0 for off):
+ * a is copied into an rgba32float texture and read with textureLoad (A_TEX in
+ * shaders/matmul_cpu.wgsl). On lavapipe that is a vectorised fetch of the 8 lanes' texels
+ * instead of a per-lane loop of bounds-checked buffer loads: 4096x320x1280 f32 20.7 ->
+ * 28.8 GFLOP/s in one process (worker CPU time 22.1 -> 32.5).
+ */
+export const cpuGemmTuning = {
+  aTexture: process.env.ELBO_MATMUL_ATEX !== '0',
+  /**
+   * Rows per lane x vec4 columns of the SG_B block (fewer rows for short problems) with a
+   * from the texture, and with a from its buffer. With the texture, loads of a are cheap
+   * enough that 8 rows per lane (each broadcast column of b used 8 times) beat 4:
+   * 4096x320x1280 f32 17.4 -> 20.5 GFLOP/s, f16 b 19.2 -> 22.1, one process; without it 4
+   * rows stay best.
+   */
+  sgTile: { TM: 8, NV: 8 },
+  sgTileBuffer: { TM: 4, NV: 8 },
+  /** Test hook: texture rows / layers below the adapter's limits (exercises the splits). */
+  textureLimit: undefined as { rows: number; layers: number } | undefined,
+};
 const SG = process.env.ELBO_SG !== '0';
 
 /** True when a workgroup of 8 always lies within one subgroup (lavapipe: exactly 8). */
@@ -392,7 +414,7 @@ function cpuModes(g: Gemm, M: number, N: number, aOff: number, bOff: number, NV:
   return d;
 }
 
-function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipeline; tile: [number, number] } {
+function pipelineFor(dev: Device, g: Gemm, c: Chunk, aTex = false): { pipeline: GPUComputePipeline; tile: [number, number] } {
   const biasF16 = g.bias?.t.dtype === 'f16';
   const glu = Boolean(g.glu);
   if (g.variant === 'naive' || g.variant === 'gpu') {
@@ -407,12 +429,17 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk): { pipeline: GPUComputePipe
   if (g.a.t.dtype !== 'f32') throw new GpuError(`${g.label}: the cpu matmul kernel reads a as f32, got ${g.a.t.dtype}`);
   let { TM, NV } = g.shape === 'gemv' ? GEMV_TILE : CPU_TILE;
   const d = cpuModes(g, c.M, c.N, c.a.off, c.b.off, NV);
+  if (aTex) {
+    d.A_V4 = d.A_T4 = false;
+    d.A_TEX = true;
+  }
   // b in the nn.Linear layout with subgroups of >= 8 lanes: the 8 lanes share the block's
   // columns of b, each loads 1/8 of them and broadcasts (SG_B in shaders/matmul_cpu.wgsl).
   // b then costs little, so the block turns wide and short.
   const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
   // Fewer rows per lane for short problems, except with a read as 4-row vec4s (A_T4).
-  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { NV: SG_TILE.NV, TM: d.A_T4 ? SG_TILE.TM : sgRowsPerLane(c.M) });
+  const sgTile = aTex ? cpuGemmTuning.sgTile : cpuGemmTuning.sgTileBuffer;
+  if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { NV: sgTile.NV, TM: d.A_T4 ? sgTile.TM : sgRowsPerLane(c.M, sgTile.TM) });
   d.BIAS_F16 = biasF16;
   // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
   d.GLU = glu;
@@ -625,6 +652,10 @@ function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
     dispatchGpu2(dev, { label: g.label, family: g.family ?? 'matmul', defines, q, bindings: [c.a.binding, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding], Kt: c.K });
     return;
   }
+  if (g.variant === 'cpu' && aTextureFits(dev, g, c)) {
+    dispatchCpuATexture(dev, g, c, q, biasBinding);
+    return;
+  }
   const { pipeline, tile } = pipelineFor(dev, g, c);
   const u = gemmUniforms(q);
   const workgroups: [number, number, number] =
@@ -639,6 +670,66 @@ function dispatchGemm(dev: Device, g: Gemm, c: Chunk): void {
     bindings: [c.a.binding, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding],
     workgroups,
   });
+}
+
+/** cpu kernel: read a through a texture (matmul_pack_a.wgsl + A_TEX) where the adapter's
+ *  texture limits allow K (rows and batch are split to fit). */
+function aTextureFits(dev: Device, g: Gemm, c: Chunk): boolean {
+  return cpuGemmTuning.aTexture && g.a.t.dtype === 'f32' && Math.ceil(c.K / 4) <= dev.limits.maxTextureDimension2D;
+}
+
+/**
+ * Records a cpu-kernel chunk with a read from a texture: per piece of at most
+ * maxTextureDimension2D rows and maxTextureArrayLayers batches, matmul_pack_a.wgsl copies
+ * that piece of a into a pooled rgba32float texture and matmul_cpu.wgsl (A_TEX) reads it.
+ */
+function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, biasBinding: Binding): void {
+  const K4 = Math.ceil(c.K / 4);
+  const maxRows = Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity);
+  const maxLayers = Math.min(dev.limits.maxTextureArrayLayers, cpuGemmTuning.textureLimit?.layers ?? Infinity);
+  const v4 = g.a.cs === 1 && c.K % 4 === 0 && g.a.rs % 4 === 0 && g.a.bs % 4 === 0 && c.a.off % 4 === 0;
+  const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4 }));
+  const d = dummy(dev).binding();
+  for (let z0 = 0; z0 < c.batch; z0 += maxLayers) {
+    const zc = Math.min(maxLayers, c.batch - z0);
+    for (let m0 = 0; m0 < c.M; m0 += maxRows) {
+      const mc = Math.min(maxRows, c.M - m0);
+      const piece: Chunk = { ...c, M: mc, batch: zc };
+      const tex = dev.allocTexture(K4, mc, zc, `${g.label} a texture`);
+      try {
+        const aOff = c.a.off + z0 * g.a.bs + m0 * g.a.rs;
+        dev.dispatch({
+          label: `${g.label} pack a`,
+          family: g.family ?? 'matmul',
+          pipeline: pack,
+          uniforms: uniforms([['u', mc], ['u', c.K], ['u', K4], ['u', zc], ['u', aOff], ['u', g.a.rs], ['u', g.a.cs], ['u', g.a.bs]]),
+          bindings: [c.a.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
+          workgroups: [Math.ceil(K4 / 8), mc, zc],
+        });
+        const { pipeline, tile } = pipelineFor(dev, g, piece, true);
+        const oShift = z0 * g.out.bs + m0 * g.out.rs;
+        const pq: GemmParams = {
+          ...q,
+          M: mc,
+          batch: zc,
+          bOff: q.bOff + z0 * g.b.bs,
+          oOff: q.oOff + oShift,
+          rOff: q.rOff + (c.res ? oShift : 0),
+          biasOff: q.biasOff + (g.biasRow ? m0 : 0),
+        };
+        dev.dispatch({
+          label: g.label,
+          family: g.family ?? 'matmul',
+          pipeline,
+          uniforms: gemmUniforms(pq),
+          bindings: [null, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
+          workgroups: [Math.ceil(mc / tile[0]), Math.ceil(c.N / tile[1]), zc],
+        });
+      } finally {
+        dev.freeTexture(tex);
+      }
+    }
+  }
 }
 
 /**

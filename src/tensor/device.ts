@@ -7,11 +7,20 @@ import { create, globals } from 'webgpu';
 export type DType = 'f32' | 'f16';
 
 /** A storage binding: a whole buffer or a window into one (offset/size in bytes). */
-export interface Binding {
+export interface BufferBinding {
   buffer: GPUBuffer;
   offset?: number;
   size?: number;
 }
+
+/** A texture bound whole (sampled, or as a storage texture when the shader writes it). */
+export interface TextureBinding {
+  texture: GPUTextureView;
+}
+
+/** One entry of a dispatch's bindings; null leaves that binding number out (a shader that
+ *  does not use it, e.g. a texture-reading variant whose buffer operand is unused). */
+export type Binding = BufferBinding | TextureBinding;
 
 export interface DispatchArgs {
   /** Op name and shapes, used in error messages and profiles, e.g. "matmul (4096x320)@(320x320)". */
@@ -21,7 +30,7 @@ export interface DispatchArgs {
   pipeline: GPUComputePipeline;
   /** Uniform parameters (bound at @binding(0)); storage bindings follow from @binding(1). */
   uniforms?: ArrayBuffer | ArrayBufferView;
-  bindings: Binding[];
+  bindings: (Binding | null)[];
   workgroups: readonly [number, number?, number?];
 }
 
@@ -75,6 +84,11 @@ export function bucketSize(bytes: number): number {
   return Math.ceil(b / step) * step;
 }
 
+/** Bytes of an rgba32float texture. */
+function textureBytes(width: number, height: number, layers: number): number {
+  return width * height * layers * 16;
+}
+
 function bytesOf(data: ArrayBuffer | ArrayBufferView): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
@@ -93,12 +107,15 @@ export class Device {
     maxComputeWorkgroupSizeX: number;
     maxStorageBuffersPerShaderStage: number;
     minUniformBufferOffsetAlignment: number;
+    maxTextureDimension2D: number;
+    maxTextureArrayLayers: number;
   };
   /** 'cpu' for lavapipe / fallback adapters: kernels pick lavapipe-shaped variants there. */
   readonly kind: 'cpu' | 'gpu';
 
   private pipelines = new Map<string, GPUComputePipeline>();
   private pool = new Map<number, GPUBuffer[]>();
+  private texturePool = new Map<string, GPUTexture[]>();
   private pooledBytes = 0;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
@@ -144,6 +161,8 @@ export class Device {
       maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
       maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
       minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+      maxTextureDimension2D: l.maxTextureDimension2D,
+      maxTextureArrayLayers: l.maxTextureArrayLayers,
     };
     const forced = process.env.ELBO_KERNELS;
     this.kind = forced === 'gpu' ? 'gpu' : forced === 'cpu' ? 'cpu' : isFallback ? 'cpu' : 'gpu';
@@ -200,6 +219,9 @@ export class Device {
       maxComputeWorkgroupSizeY: al.maxComputeWorkgroupSizeY,
       maxComputeWorkgroupsPerDimension: al.maxComputeWorkgroupsPerDimension,
       maxStorageBuffersPerShaderStage: Math.min(al.maxStorageBuffersPerShaderStage, 10),
+      // The matmul's texture operand (matmul.ts, aTexture): as large as the adapter allows.
+      maxTextureDimension2D: al.maxTextureDimension2D,
+      maxTextureArrayLayers: al.maxTextureArrayLayers,
     };
     const gpu = await adapter.requestDevice({ requiredFeatures, requiredLimits });
     const device = new Device(gpu, adapter);
@@ -284,11 +306,59 @@ export class Device {
     this.pooledBytes += size;
   }
 
-  /** Destroys every pooled (free) buffer. */
+  /**
+   * A 2D-array rgba32float texture of width x height texels and `layers` layers that
+   * kernels write as a storage texture and read with textureLoad, from the pool when one of
+   * that size is free. Counted in liveBytes like buffers.
+   */
+  allocTexture(width: number, height: number, layers: number, label = 'texture'): GPUTexture {
+    this.checkAlive(`alloc ${label}`);
+    const maxDim = this.limits.maxTextureDimension2D;
+    if (width > maxDim || height > maxDim || layers > this.limits.maxTextureArrayLayers) {
+      throw new GpuError(`${label}: a ${width}x${height}x${layers} texture exceeds the adapter's maxTextureDimension2D ${maxDim} / maxTextureArrayLayers ${this.limits.maxTextureArrayLayers}`);
+    }
+    const key = `${width}x${height}x${layers}`;
+    const bytes = textureBytes(width, height, layers);
+    let tex = this.texturePool.get(key)?.pop();
+    if (tex) {
+      this.pooledBytes -= bytes;
+    } else {
+      tex = this.gpu.createTexture({
+        label,
+        size: [width, height, layers],
+        format: 'rgba32float',
+        dimension: '2d',
+        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
+      });
+    }
+    this.liveBytes += bytes;
+    if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
+    return tex;
+  }
+
+  /** Returns a texture from allocTexture to the pool (work already recorded still sees it). */
+  freeTexture(tex: GPUTexture): void {
+    const bytes = textureBytes(tex.width, tex.height, tex.depthOrArrayLayers);
+    this.liveBytes -= bytes;
+    if (this.pooledBytes + bytes > MAX_POOLED_BYTES) {
+      this.flush();
+      tex.destroy();
+      return;
+    }
+    const key = `${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`;
+    let list = this.texturePool.get(key);
+    if (!list) this.texturePool.set(key, (list = []));
+    list.push(tex);
+    this.pooledBytes += bytes;
+  }
+
+  /** Destroys every pooled (free) buffer and texture. */
   trimPool(): void {
     this.flush();
     for (const list of this.pool.values()) for (const b of list) b.destroy();
+    for (const list of this.texturePool.values()) for (const t of list) t.destroy();
     this.pool.clear();
+    this.texturePool.clear();
     this.pooledBytes = 0;
   }
 
@@ -320,6 +390,11 @@ export class Device {
     }
     const maxBind = this.limits.maxStorageBufferBindingSize;
     args.bindings.forEach((b, i) => {
+      if (!b) return;
+      if ('texture' in b) {
+        entries.push({ binding: i + 1, resource: b.texture });
+        return;
+      }
       const offset = b.offset ?? 0;
       const size = b.size ?? b.buffer.size - offset;
       if (size > maxBind) {

@@ -1,0 +1,37 @@
+// Copies the a operand of a cpu-kernel GEMM into an rgba32float 2D-array texture that
+// matmul_cpu.wgsl (A_TEX) reads with textureLoad: texel (x, m, z) holds
+// a[z, m, 4x .. 4x + 3] (zeros past K). On lavapipe a textureLoad is a vectorised fetch of
+// 8 lanes' texels, where a storage-buffer load at per-lane addresses is a loop over the
+// lanes with a branch and a bounds check per word (docs/KERNELS.md): 4096x320x1280 f32 went
+// 20.7 -> 28.8 GFLOP/s in one process with a read this way.
+// V4: a is contiguous along K with 4-aligned rows and offset (one vec4 load per texel).
+struct P {
+  M: u32, K: u32, K4: u32, batch: u32,
+  aOff: u32, aRs: u32, aCs: u32, aBs: u32,
+}
+@group(0) @binding(0) var<uniform> p: P;
+//#if V4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+//#else
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+//#endif
+@group(0) @binding(2) var dst: texture_storage_2d_array<rgba32float, write>;
+
+@compute @workgroup_size(8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let x = gid.x;
+  let m = gid.y;
+  let z = gid.z;
+  if (x >= p.K4) { return; }
+  let base = p.aOff + z * p.aBs + m * p.aRs;
+//#if V4
+  let v = a[(base >> 2u) + x];
+//#else
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u; j++) {
+    let k = 4u * x + j;
+    if (k < p.K) { v[j] = a[base + k * p.aCs]; }
+  }
+//#endif
+  textureStore(dst, vec2<u32>(x, m), z, v);
+}
