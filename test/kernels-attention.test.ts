@@ -302,6 +302,18 @@ describe('attention', () => {
     }
   });
 
+  it('cpu: q, k and v read from buffers (attentionTuning.cpuTextures off) match too', async () => {
+    // The blocks above run the texture path (the default); this is the buffer one.
+    attentionTuning.cpuTextures = false;
+    try {
+      await runCase('cpu', 1, 257, 33, 2, 40, { probs: true });
+      await runCase('cpu', 2, 77, 77, 3, 8, { causal: true, mask: true });
+      await runCase('cpu', 1, 64, 64, 2, 80, { scale: 0.3 });
+    } finally {
+      attentionTuning.cpuTextures = true;
+    }
+  });
+
   it('names both shapes on mismatches', async () => {
     const dev = await getDevice();
     const q = Tensor.zeros(dev, [2, 16, 64]);

@@ -4,6 +4,7 @@
 // `probsOut`, a second pass recomputes the scores with the final max / sum and adds the
 // mean over heads into probsOut; the (B, H, Nq, Nk) tensor never exists.
 import { Device, GpuError, Tensor, fillTemplate, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
+import { packTexture, textureHolds } from './matmul.js';
 
 export type AttentionVariant = 'naive' | 'cpu' | 'gpu';
 
@@ -37,6 +38,11 @@ export const attentionTuning = {
   cpuProbs: { R: 16, JB: 8 },
   /** Share K / V loads across the 8 lanes by subgroupBroadcast where the adapter has subgroups. */
   subgroups: true,
+  /**
+   * The 'cpu' forward kernel reads q, k and v from textures (copied per call, packTexture)
+   * where d % 4 == 0 and they fit the texture limits; false (ELBO_ATTN_TEX=0): from buffers.
+   */
+  cpuTextures: process.env.ELBO_ATTN_TEX !== '0',
   /** Output rows of the forward kernel in workgroup memory where they fit (outputRowsInWorkgroup); false: always private. */
   outputRowsInWorkgroup: true,
   /** Test hook: a smaller storage binding limit, so the windowed probsOut path runs on small shapes. */
@@ -101,7 +107,7 @@ function dmax4(d: number): number {
  * every head size), with the output rows touched once per R x JB multiply-adds, in
  * workgroup memory (`oWg`, see outputRowsInWorkgroup) or a private array.
  */
-function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: boolean): string {
+function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: boolean, tex = false): string {
   const rs = range(R);
   // Output row block: a private array, or this lane's slots of the workgroup array `ow`
   // (slot i of lane t at i * 8 + t; no lane touches another's, so no barriers).
@@ -110,9 +116,12 @@ function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: 
   const gs = range(JB / 8);
   const L: string[] = [];
   L.push('  let d4 = (p.d + 3u) / 4u;');
+  // tex: q, k and v come from (HD / 4, N, B) textures (texel hc + c of row i, layer b).
+  if (tex) L.push('  let hc = hoff / 4u;');
   for (const r of rs) {
     L.push(`  let i${r} = row0 + ${r * 8}u;`);
     L.push(`  let qo${r} = (b * p.Nq + min(i${r}, p.Nq - 1u)) * p.HD + hoff;`);
+    if (tex) L.push(`  let qi${r} = min(i${r}, p.Nq - 1u);`);
     L.push(`  var m${r} = NEG;`, `  var l${r} = 0.0;`);
   }
   if (!oWg) L.push(`  var o: array<vec4<f32>, ${R * DMAX4}>;`);
@@ -126,20 +135,22 @@ function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: 
   }
   // With subgroups, lane t loads key j0 + 8g + t and the subgroup (= the workgroup of 8)
   // shares it by broadcast: one K / V load per lane per 8 keys instead of 8.
-  if (sg) for (const g of gs) L.push(`    let kl${g} = (b * p.Nk + min(j0 + ${g * 8}u + t, p.Nk - 1u)) * p.HD + hoff;`);
+  if (sg) for (const g of gs) L.push(tex ? `    let kl${g} = min(j0 + ${g * 8}u + t, p.Nk - 1u);` : `    let kl${g} = (b * p.Nk + min(j0 + ${g * 8}u + t, p.Nk - 1u)) * p.HD + hoff;`);
+  // One key row's channels 4c .. 4c + 3: `at` is its buffer offset or (tex) texture row.
+  const ldKey = (ld: string, at: string): string => (tex ? `textureLoad(${ld === 'ldk' ? 'kT' : 'vT'}, vec2<u32>(hc + c, ${at}), b, 0)` : `${ld}(${at}, c)`);
   const keyLoads = (name: string, ld: string): void => {
     if (!sg) {
-      for (const j of js) L.push(`      let ${name}${j} = ${ld}(ko${j}, c);`);
+      for (const j of js) L.push(`      let ${name}${j} = ${ldKey(ld, tex ? `jc${j}` : `ko${j}`)};`);
       return;
     }
     for (const g of gs) {
-      L.push(`      let ${name}m${g} = ${ld}(kl${g}, c);`);
+      L.push(`      let ${name}m${g} = ${ldKey(ld, `kl${g}`)};`);
       for (let jj = 0; jj < 8; jj++) L.push(`      let ${name}${g * 8 + jj} = subgroupBroadcast(${name}m${g}, ${jj}u);`);
     }
   };
   for (const r of rs) for (const j of js) L.push(`    var s${r}_${j} = 0.0;`);
   L.push('    for (var c = 0u; c < d4; c++) {');
-  for (const r of rs) L.push(`      let q${r} = ldq(qo${r}, c);`);
+  for (const r of rs) L.push(tex ? `      let q${r} = textureLoad(qT, vec2<u32>(hc + c, qi${r}), b, 0);` : `      let q${r} = ldq(qo${r}, c);`);
   keyLoads('k', 'ldk');
   for (const r of rs) for (const j of js) L.push(`      s${r}_${j} += dot(q${r}, k${j});`);
   L.push('    }');
@@ -322,14 +333,15 @@ function gpu2Body(R: number, KB: number, D4: number, unroll: boolean, runtimeBou
  * GFLOP/s; a private array indexed by the rolled channel loop goes through per-lane scratch
  * accesses, workgroup memory does not.
  */
-function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false, DMAX4 = 40, oWg = false): string {
+function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false, DMAX4 = 40, oWg = false, tex = false): string {
   const fwd = name === 'attention_cpu';
+  const texDecl = tex ? ['qT', 'kT', 'vT'].map((n, i) => `@group(0) @binding(${7 + i}) var ${n}: texture_2d_array<f32>;\n`).join('') : '';
   return fillTemplate(loadShader(name), {
     R,
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
-    LOADERS: loaders(vec, fwd, fwd) + (oWg ? `\nvar<workgroup> ow: array<vec4<f32>, ${8 * R * DMAX4}>;\n` : ''),
-    BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4, oWg) : cpuProbsBody(R, JB, sg),
+    LOADERS: loaders(vec, fwd, fwd) + (oWg ? `\nvar<workgroup> ow: array<vec4<f32>, ${8 * R * DMAX4}>;\n` : '') + texDecl,
+    BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4, oWg, tex) : cpuProbsBody(R, JB, sg),
     ENABLE: sg ? 'enable subgroups;' : '',
   });
 }
@@ -342,6 +354,17 @@ function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB:
 export function outputRowsInWorkgroup(dev: Device, d: number): boolean {
   if (attentionTuning.outputRowsInWorkgroup === false) return false;
   return 8 * attentionTuning.cpuFwd.R * Math.ceil(d / 4) * 16 <= dev.limits.maxComputeWorkgroupStorageSize;
+}
+
+/** Whether (B, N, HD) q and (B, Nk, HD) k / v fit (HD / 4, N, B) textures. */
+function textureFits(dev: Device, qs: [number, number, number], ks: [number, number, number]): boolean {
+  return textureHolds(dev, qs[1], qs[2], qs[0]) && textureHolds(dev, ks[1], ks[2], ks[0]);
+}
+
+/** A (B, N, W) tensor (W % 4 == 0) as a (W / 4, N, B) texture (packTexture). */
+function packRows(dev: Device, t: Tensor, label: string, family: string): GPUTexture {
+  const [B, N, W] = t.shape as [number, number, number];
+  return packTexture(dev, { binding: t.binding(), off: 0, rs: W, cs: 1, bs: N * W }, N, W, B, label, family);
 }
 
 /** The broadcasts assume one subgroup per workgroup of 8 lanes: lavapipe's subgroups are its
@@ -440,10 +463,23 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       // validate local memory"; 5 KiB at d <= 160 compiles): on GPU adapters, where this
       // variant only runs when asked for, keep R x dmax within 320 vec4.
       const R = dev.kind === 'cpu' || oWg ? R0 : Math.max(1, Math.min(R0, Math.floor(320 / dm)));
-      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''} ${oWg ? 'wg' : 'dmax'}${dm}`, () => cpuShader('attention_cpu', R, JB, vec, sg, dm, oWg));
+      const tex = vec && attentionTuning.cpuTextures && textureFits(dev, [B, Nq, HD], [B, Nk, HD]);
+      const pipe = dev.pipeline(`attention_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''} ${oWg ? 'wg' : 'dmax'}${dm}${tex ? ' tex' : ''}`, () => cpuShader('attention_cpu', R, JB, vec, sg, dm, oWg, tex));
       const nRG = Math.ceil(Nq / (8 * R));
       const wg = grid1d(B * H * nRG);
-      dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
+      if (tex) {
+        // q, k and v copied into (HD / 4, N, B) textures: textureLoad fetches the 8 lanes'
+        // texels at once where a buffer load loops over the lanes (docs/KERNELS.md).
+        const texs = [q, k, v].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
+        try {
+          const views = texs.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
+          dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings: [null, null, null, maskBinding, out.binding(), stats.binding(), ...views], workgroups: wg });
+        } finally {
+          for (const t of texs) dev.freeTexture(t);
+        }
+      } else {
+        dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
+      }
     } else if (attentionTuning.gpuKernel === 'v2') {
       const { R, WG, tileBytes, unrollMaxD4 } = attentionTuning.gpuV2;
       const D4 = Math.ceil(d / 4);

@@ -679,33 +679,59 @@ function aTextureFits(dev: Device, g: Gemm, c: Chunk): boolean {
 }
 
 /**
+ * Copies an (batch, M, K) f32 operand (element (z, m, k) at off + z*bs + m*rs + k*cs of
+ * `binding`) into a pooled rgba32float 2D-array texture of (ceil(K / 4), M, batch) texels,
+ * texel (x, m, z) = elements 4x .. 4x + 3 of row m of batch z, zeros past K
+ * (shaders/matmul_pack_a.wgsl). The caller returns it with dev.freeTexture once the
+ * dispatches that read it are recorded.
+ */
+export function packTexture(
+  dev: Device,
+  src: { binding: Binding; off: number; rs: number; cs: number; bs: number },
+  M: number,
+  K: number,
+  batch: number,
+  label: string,
+  family: string,
+): GPUTexture {
+  const K4 = Math.ceil(K / 4);
+  const v4 = src.cs === 1 && K % 4 === 0 && src.rs % 4 === 0 && (batch === 1 || src.bs % 4 === 0) && src.off % 4 === 0;
+  const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4 }));
+  const tex = dev.allocTexture(K4, M, batch, label);
+  dev.dispatch({
+    label,
+    family,
+    pipeline: pack,
+    uniforms: uniforms([['u', M], ['u', K], ['u', K4], ['u', batch], ['u', src.off], ['u', src.rs], ['u', src.cs], ['u', src.bs]]),
+    bindings: [src.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
+    workgroups: [Math.ceil(K4 / 8), M, batch],
+  });
+  return tex;
+}
+
+/** True when packTexture can hold (batch, M, K) in one texture on this adapter. */
+export function textureHolds(dev: Device, M: number, K: number, batch: number): boolean {
+  const maxDim = dev.limits.maxTextureDimension2D;
+  return Math.ceil(K / 4) <= maxDim && M <= maxDim && batch <= dev.limits.maxTextureArrayLayers && M <= dev.limits.maxComputeWorkgroupsPerDimension;
+}
+
+/**
  * Records a cpu-kernel chunk with a read from a texture: per piece of at most
  * maxTextureDimension2D rows and maxTextureArrayLayers batches, matmul_pack_a.wgsl copies
  * that piece of a into a pooled rgba32float texture and matmul_cpu.wgsl (A_TEX) reads it.
  */
 function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, biasBinding: Binding): void {
-  const K4 = Math.ceil(c.K / 4);
   const maxRows = Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity);
   const maxLayers = Math.min(dev.limits.maxTextureArrayLayers, cpuGemmTuning.textureLimit?.layers ?? Infinity);
-  const v4 = g.a.cs === 1 && c.K % 4 === 0 && g.a.rs % 4 === 0 && g.a.bs % 4 === 0 && c.a.off % 4 === 0;
-  const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4 }));
   const d = dummy(dev).binding();
   for (let z0 = 0; z0 < c.batch; z0 += maxLayers) {
     const zc = Math.min(maxLayers, c.batch - z0);
     for (let m0 = 0; m0 < c.M; m0 += maxRows) {
       const mc = Math.min(maxRows, c.M - m0);
       const piece: Chunk = { ...c, M: mc, batch: zc };
-      const tex = dev.allocTexture(K4, mc, zc, `${g.label} a texture`);
+      const src = { binding: c.a.binding, off: c.a.off + z0 * g.a.bs + m0 * g.a.rs, rs: g.a.rs, cs: g.a.cs, bs: g.a.bs };
+      const tex = packTexture(dev, src, mc, c.K, zc, `${g.label} pack a`, g.family ?? 'matmul');
       try {
-        const aOff = c.a.off + z0 * g.a.bs + m0 * g.a.rs;
-        dev.dispatch({
-          label: `${g.label} pack a`,
-          family: g.family ?? 'matmul',
-          pipeline: pack,
-          uniforms: uniforms([['u', mc], ['u', c.K], ['u', K4], ['u', zc], ['u', aOff], ['u', g.a.rs], ['u', g.a.cs], ['u', g.a.bs]]),
-          bindings: [c.a.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
-          workgroups: [Math.ceil(K4 / 8), mc, zc],
-        });
         const { pipeline, tile } = pipelineFor(dev, g, piece, true);
         const oShift = z0 * g.out.bs + m0 * g.out.rs;
         const pq: GemmParams = {
