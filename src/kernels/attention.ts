@@ -182,7 +182,7 @@ function cpuForwardBody(R: number, JB: number, sg: boolean, DMAX4: number, oWg: 
 }
 
 /** Body of attention_probs_cpu.wgsl for R rows x JB keys, unrolled as cpuForwardBody. */
-function cpuProbsBody(R: number, JB: number, sg: boolean): string {
+function cpuProbsBody(R: number, JB: number, sg: boolean, tex = false): string {
   const rs = range(R);
   const js = range(JB);
   const gs = range(R / 8);
@@ -199,21 +199,23 @@ function cpuProbsBody(R: number, JB: number, sg: boolean): string {
   }
   // With subgroups, lane t loads the q row (and statistics) of row i0 + 8g + t and the
   // subgroup shares it by broadcast: the rows are the same for all 8 lanes.
-  if (sg) for (const g of gs) L.push(`    let ql${g} = (b * p.Nq + min(i0 + ${g * 8}u + t, p.Nq - 1u)) * p.HD;`);
-  else for (const r of rs) L.push(`    let qo${r} = (b * p.Nq + ir${r}) * p.HD;`);
+  // tex: q and k come from (HD / 4, N, B) textures (texel hc + c of row i, layer b).
+  if (sg) for (const g of gs) L.push(tex ? `    let ql${g} = min(i0 + ${g * 8}u + t, p.Nq - 1u);` : `    let ql${g} = (b * p.Nq + min(i0 + ${g * 8}u + t, p.Nq - 1u)) * p.HD;`);
+  else if (!tex) for (const r of rs) L.push(`    let qo${r} = (b * p.Nq + ir${r}) * p.HD;`);
   L.push('    for (var h = 0u; h < p.H; h++) {');
   L.push('      let hoff = h * p.d;');
+  if (tex) L.push('      let hc = hoff / 4u;');
   for (const r of rs) for (const j of js) L.push(`      var s${r}_${j} = 0.0;`);
   L.push('      for (var c = 0u; c < d4; c++) {');
   if (sg) {
     for (const g of gs) {
-      L.push(`        let qm${g} = ldq(ql${g} + hoff, c);`);
+      L.push(tex ? `        let qm${g} = textureLoad(qT, vec2<u32>(hc + c, ql${g}), b, 0);` : `        let qm${g} = ldq(ql${g} + hoff, c);`);
       for (let rr = 0; rr < 8; rr++) L.push(`        let q${g * 8 + rr} = subgroupBroadcast(qm${g}, ${rr}u);`);
     }
   } else {
-    for (const r of rs) L.push(`        let q${r} = ldq(qo${r} + hoff, c);`);
+    for (const r of rs) L.push(tex ? `        let q${r} = textureLoad(qT, vec2<u32>(hc + c, ir${r}), b, 0);` : `        let q${r} = ldq(qo${r} + hoff, c);`);
   }
-  for (const j of js) L.push(`        let k${j} = ldk(ko${j} + hoff, c);`);
+  for (const j of js) L.push(tex ? `        let k${j} = textureLoad(kT, vec2<u32>(hc + c, jk${j}), b, 0);` : `        let k${j} = ldk(ko${j} + hoff, c);`);
   for (const r of rs) for (const j of js) L.push(`        s${r}_${j} += dot(q${r}, k${j});`);
   L.push('      }');
   if (sg) {
@@ -335,13 +337,14 @@ function gpu2Body(R: number, KB: number, D4: number, unroll: boolean, runtimeBou
  */
 function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB: number, vec: boolean, sg = false, DMAX4 = 40, oWg = false, tex = false): string {
   const fwd = name === 'attention_cpu';
-  const texDecl = tex ? ['qT', 'kT', 'vT'].map((n, i) => `@group(0) @binding(${7 + i}) var ${n}: texture_2d_array<f32>;\n`).join('') : '';
+  // Texture bindings follow the buffers: 7-9 (q, k, v) in the forward kernel, 6-7 (q, k) in the probs one.
+  const texDecl = tex ? (fwd ? ['qT', 'kT', 'vT'] : ['qT', 'kT']).map((n, i) => `@group(0) @binding(${(fwd ? 7 : 6) + i}) var ${n}: texture_2d_array<f32>;\n`).join('') : '';
   return fillTemplate(loadShader(name), {
     R,
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
     LOADERS: loaders(vec, fwd, fwd) + (oWg ? `\nvar<workgroup> ow: array<vec4<f32>, ${8 * R * DMAX4}>;\n` : '') + texDecl,
-    BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4, oWg, tex) : cpuProbsBody(R, JB, sg),
+    BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4, oWg, tex) : cpuProbsBody(R, JB, sg, tex),
     ENABLE: sg ? 'enable subgroups;' : '',
   });
 }
@@ -427,6 +430,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
   const label = `attention q${shapeStr(q.shape)} k${shapeStr(k.shape)} H${H}`;
   const maskBinding = keyMask ? keyMask.binding() : q.binding();
   const stats = probsOut ? Tensor.empty(dev, [B, H, Nq, 2], 'f32', 'attention stats') : Tensor.empty(dev, [1], 'f32', 'attention stats (unused)');
+  let packed: GPUTexture[] | undefined; // q, k, v textures of the 'cpu' forward kernel
   try {
     const scale2 = scale * LOG2E;
     const uni = (nx: number, nRG: number) =>
@@ -469,14 +473,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const wg = grid1d(B * H * nRG);
       if (tex) {
         // q, k and v copied into (HD / 4, N, B) textures: textureLoad fetches the 8 lanes'
-        // texels at once where a buffer load loops over the lanes (docs/KERNELS.md).
-        const texs = [q, k, v].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
-        try {
-          const views = texs.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
-          dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings: [null, null, null, maskBinding, out.binding(), stats.binding(), ...views], workgroups: wg });
-        } finally {
-          for (const t of texs) dev.freeTexture(t);
-        }
+        // texels at once where a buffer load loops over the lanes (docs/KERNELS.md). The
+        // probs pass below reuses q's and k's.
+        packed = [q, k, v].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
+        const views = packed.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
+        dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings: [null, null, null, maskBinding, out.binding(), stats.binding(), ...views], workgroups: wg });
       } else {
         dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
       }
@@ -517,9 +518,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const pipe = dev.pipeline(`attention_gpu dmax${dm}`, () => fillTemplate(loadShader('attention_gpu'), { DMAX4: dm }));
       dispatchGpu(pipe, 64, d4, TK);
     }
-    if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant });
+    if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant }, packed);
   } finally {
     stats.release();
+    for (const t of packed ?? []) dev.freeTexture(t);
   }
   return out;
 }
@@ -531,7 +533,7 @@ interface ProbsArgs {
 
 /** Adds the head-mean probabilities into probsOut, binding it in windows of whole planes
  *  when it exceeds the storage binding limit. */
-function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnType<Tensor['binding']>, stats: Tensor, probsOut: Tensor, a: ProbsArgs): void {
+function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnType<Tensor['binding']>, stats: Tensor, probsOut: Tensor, a: ProbsArgs, packed?: GPUTexture[]): void {
   const planes = probsOut.rank === 3 ? probsOut.shape[0]! : 1;
   const planeBytes = a.Nq * a.Nk * 4;
   const limit = Math.min(dev.limits.maxStorageBufferBindingSize, attentionTuning.maxBindingBytes ?? Infinity);
@@ -546,27 +548,39 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
   const useCpu = a.variant !== 'naive';
   const { R, JB } = attentionTuning.cpuProbs;
   const sg = attentionTuning.subgroups && subgroupsOf8(dev) && R % 8 === 0;
+  const vec = a.d % 4 === 0;
+  const tex = useCpu && vec && attentionTuning.cpuTextures && textureFits(dev, [a.B, a.Nq, a.HD], [a.B, a.Nk, a.HD]);
   const pipe = useCpu
-    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${a.d % 4 === 0 ? 'vec4' : 'f32'}${sg ? ' sg' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, a.d % 4 === 0, sg))
+    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}${tex ? ' tex' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, vec, sg, 40, false, tex))
     : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
-  for (let p0 = 0; p0 < planes; p0 += perDispatch) {
-    const n = Math.min(perDispatch, planes - p0);
-    const nRB = Math.ceil(a.Nq / R);
-    const nKB = Math.ceil(a.Nk / (8 * JB));
-    const wg = useCpu ? grid1d(n * nRB * nKB) : grid1d(Math.ceil((n * a.Nq * a.Nk) / 64));
-    const u = uniforms([
-      ['u', a.B], ['u', a.Nq], ['u', a.Nk], ['u', a.H],
-      ['u', a.d], ['u', a.HD], ['u', a.causal ? 1 : 0], ['u', a.hasMask ? 1 : 0],
-      ['u', a.sumBatch ? 1 : 0], ['u', wg[0]], ['u', p0], ['u', n],
-      ['f', a.scale2], ['f', 1 / a.H], ['u', nRB], ['u', nKB],
-    ]);
-    dev.dispatch({
-      label,
-      family: 'attention',
-      pipeline: pipe,
-      uniforms: u,
-      bindings: [q.binding(), k.binding(), maskBinding, stats.binding(), probsOut.window(p0 * planeBytes, n * planeBytes)],
-      workgroups: wg,
-    });
+  // q and k as (HD / 4, N, B) textures: the forward kernel's when it packed them.
+  const own = tex && !packed;
+  const texs = !tex ? [] : packed ? packed.slice(0, 2) : [q, k].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
+  try {
+    const views = texs.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
+    for (let p0 = 0; p0 < planes; p0 += perDispatch) {
+      const n = Math.min(perDispatch, planes - p0);
+      const nRB = Math.ceil(a.Nq / R);
+      const nKB = Math.ceil(a.Nk / (8 * JB));
+      const wg = useCpu ? grid1d(n * nRB * nKB) : grid1d(Math.ceil((n * a.Nq * a.Nk) / 64));
+      const u = uniforms([
+        ['u', a.B], ['u', a.Nq], ['u', a.Nk], ['u', a.H],
+        ['u', a.d], ['u', a.HD], ['u', a.causal ? 1 : 0], ['u', a.hasMask ? 1 : 0],
+        ['u', a.sumBatch ? 1 : 0], ['u', wg[0]], ['u', p0], ['u', n],
+        ['f', a.scale2], ['f', 1 / a.H], ['u', nRB], ['u', nKB],
+      ]);
+      dev.dispatch({
+        label,
+        family: 'attention',
+        pipeline: pipe,
+        uniforms: u,
+        bindings: views.length
+          ? [null, null, maskBinding, stats.binding(), probsOut.window(p0 * planeBytes, n * planeBytes), ...views]
+          : [q.binding(), k.binding(), maskBinding, stats.binding(), probsOut.window(p0 * planeBytes, n * planeBytes)],
+        workgroups: wg,
+      });
+    }
+  } finally {
+    if (own) for (const t of texs) dev.freeTexture(t);
   }
 }
