@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, cpuGemmTuning, type Act } from '../src/kernels/matmul.js';
+import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, cpuGemmTuning, packTuning, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 
@@ -202,7 +202,7 @@ describe('matmul', () => {
     }
   });
 
-  it('cpu: splits rows and batches that exceed the texture limits of the texture-read a', async () => {
+  it('cpu: splits rows and batches that exceed the texture limits of the texture-read a; copies or packs it', async () => {
     dev = await getDevice();
     cpuGemmTuning.textureLimit = { rows: 16, layers: 2 };
     try {
@@ -210,8 +210,15 @@ describe('matmul', () => {
       await check('cpu', 3, 37, 24, 20, { bias: new Float32Array(), residual: new Float32Array(), act: 'silu', alpha: 0.5 });
       await check('cpu', 3, 37, 24, 20, { transA: true, transB: true, bBatched: true });
       if (dev.hasF16) await check('cpu', 1, 50, 40, 24, { transB: true, f16: true });
+      // K = 64: rows of 256 bytes go by a buffer-to-texture copy; then the same by the pack kernel.
+      for (const copy of [true, false]) {
+        packTuning.copy = copy;
+        await check('cpu', 3, 37, 24, 64, { bias: new Float32Array(), residual: new Float32Array() });
+        await check('cpu', 1, 20, 12, 128, { transB: true });
+      }
     } finally {
       cpuGemmTuning.textureLimit = undefined;
+      packTuning.copy = true;
     }
   });
 

@@ -695,9 +695,21 @@ export function packTexture(
   family: string,
 ): GPUTexture {
   const K4 = Math.ceil(K / 4);
+  const tex = dev.allocTexture(K4, M, batch, label);
+  // Rows of 256-byte multiples, 16-byte aligned, batches M rows (or more) apart: a plain
+  // buffer-to-texture copy (a memcpy on lavapipe, several times cheaper than the kernel).
+  const buf = src.binding as { buffer: GPUBuffer; offset?: number };
+  const byteOff = (buf.offset ?? 0) + src.off * 4;
+  const rowsPerImage = src.rs > 0 ? src.bs / src.rs : 0;
+  if (
+    packTuning.copy && src.cs === 1 && K % 4 === 0 && (src.rs * 4) % 256 === 0 && byteOff % 16 === 0 &&
+    (batch === 1 || (Number.isInteger(rowsPerImage) && rowsPerImage >= M))
+  ) {
+    dev.copyToTexture(buf.buffer, byteOff, src.rs * 4, batch === 1 ? M : rowsPerImage, tex, [K4, M, batch]);
+    return tex;
+  }
   const v4 = src.cs === 1 && K % 4 === 0 && src.rs % 4 === 0 && (batch === 1 || src.bs % 4 === 0) && src.off % 4 === 0;
   const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4 }));
-  const tex = dev.allocTexture(K4, M, batch, label);
   dev.dispatch({
     label,
     family,
@@ -708,6 +720,9 @@ export function packTexture(
   });
   return tex;
 }
+
+/** packTexture's choices: `copy` false always runs the pack kernel (tests of both paths). */
+export const packTuning = { copy: true };
 
 /** True when packTexture can hold (batch, M, K) in one texture on this adapter. */
 export function textureHolds(dev: Device, M: number, K: number, batch: number): boolean {

@@ -328,7 +328,7 @@ export class Device {
         size: [width, height, layers],
         format: 'rgba32float',
         dimension: '2d',
-        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
+        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
       });
     }
     this.liveBytes += bytes;
@@ -431,6 +431,21 @@ export class Device {
     }
     this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
     this.batchLabels.push('copy');
+  }
+
+  /**
+   * Copies rows of a buffer into a texture, in order with the recorded dispatches
+   * (copyBufferToTexture: bytesPerRow a multiple of 256, offset of the texel size).
+   */
+  copyToTexture(src: GPUBuffer, offset: number, bytesPerRow: number, rowsPerImage: number, dst: GPUTexture, size: [number, number, number]): void {
+    this.checkAlive('copy to texture');
+    if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    this.encoder.copyBufferToTexture({ buffer: src, offset, bytesPerRow, rowsPerImage }, { texture: dst }, size);
+    this.batchLabels.push('copy to texture');
   }
 
   /** Uploads host data. Submits recorded work first, so that work sees the old contents. */
