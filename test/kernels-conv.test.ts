@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
-import { setWinogradMinTiles, setWinogradTile, winogradTileFor } from '../src/kernels/winograd.js';
+import { setWinogradMinTiles, setWinogradTile, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
@@ -183,6 +183,15 @@ describe('conv2d', () => {
       await wino({ B: 2, Ci: 8, Co: 8, H: 10, W: 12, k: 3, bias: true, residual: true, act: 'silu' });
       await wino({ B: 1, Ci: 4, Co: 4, H: 4, W: 4, k: 3, residual: true });
       if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
+      // The weight transform one input channel per invocation (the path of other weight
+      // layouts and of F(4x4)) instead of four (F(2x2) on stored weights).
+      winogradTuning.weightV4 = false;
+      try {
+        await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' });
+        if (dev.hasF16) await wino({ B: 1, Ci: 12, Co: 8, H: 7, W: 9, k: 3, f16: true });
+      } finally {
+        winogradTuning.weightV4 = true;
+      }
       // not taken (the direct kernel: its weight re-layout and the conv; stride 2: im2col, the
       // matmul's texture pack of a and the matmul): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
       expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);

@@ -33,6 +33,9 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 const MIN_TILES_4 = 64;
 let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
 
+/** Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight transform. */
+export const winogradTuning = { weightV4: true };
+
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
 export function setWinogradTile(m: 2 | 4 | undefined): void {
   forcedTile = m;
@@ -180,8 +183,13 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
     try {
       const [sCo, sCi, sTap] = g.wStrides;
       {
-        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}`, () => winoShader(al, 'weight', { F16: f16 }));
-        const [nx, ny] = grid1d(Math.ceil((nco * Ci) / 64));
+        // F(2x2) on the checkpoint layout: 4 input channels per invocation, vec4 stores (the
+        // shader's V4). f16 weights, ms per transform, one process: 1280->1280 49.2 -> 32.6,
+        // 2560->1280 91.9 -> 66.0. F(4x4)'s 36 outputs per channel did not gain (640->640
+        // 20.6 -> 23.1, 1920->640 62.7 -> 67.7) and keep one channel per invocation.
+        const v4 = winogradTuning.weightV4 && al.m === 2 && sTap === 1 && sCi === 9 && (co0 * sCo) % 4 === 0 && Ci % 4 === 0;
+        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}${v4 ? ':v4' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4 }));
+        const [nx, ny] = grid1d(Math.ceil((nco * (v4 ? Ci / 4 : Ci)) / 64));
         dev.dispatch({
           label: `${g.label} winograd weight`, family: 'winograd weight', pipeline,
           uniforms: uniforms([['u', nco], ['u', Ci], ['u', nx], ['u', co0 * sCo], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),
