@@ -77,7 +77,11 @@ fn epilogue(acc: f32, m: u32, n: u32, z: u32) {
   if ((p.flags & HAS_BIAS) != 0u) { v += loadBias(p.biasOff + select(n, m, (p.flags & BIAS_ROW) != 0u)); }
   if ((p.flags & ACCUM) != 0u) { v += out[p.oOff + o]; }
   if ((p.flags & FINAL) != 0u) {
+//#if !ACT_NONE
+    // ACT_NONE (a define where the caller knows act is 'none'): on lavapipe every case of
+    // the switch runs under a mask, so leaving it out saves ~8% of a K = 320 matmul.
     v = activate(v, p.act);
+//#endif
     if ((p.flags & HAS_RES) != 0u) { v += res[p.rOff + o]; }
   }
   out[p.oOff + o] = v;

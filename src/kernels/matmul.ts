@@ -443,6 +443,8 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk, aTex = false): { pipeline: 
   d.BIAS_F16 = biasF16;
   // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
   d.GLU = glu;
+  // No activation: its runtime switch left out of the epilogue (K = 320, N = 1280: +8%).
+  d.ACT_NONE = !glu && g.act === 'none';
   // One row (gemv): lanes must span columns, or 7 of 8 would idle.
   const colLanes = COL_LANES || g.shape === 'gemv';
   d.COL_LANES = colLanes;
