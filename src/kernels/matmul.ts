@@ -123,7 +123,7 @@ export function buildShader(name: string, defines: Record<string, boolean>, valu
  * register-block arrays dynamically, which puts them in memory (20x slower). Each
  * iteration becomes a `{ ... }` block with the index as a literal.
  */
-export function unroll(src: string): string {
+function unroll(src: string): string {
   const consts = new Map<string, number>();
   for (const m of src.matchAll(/^const (\w+) = (\d+)u;/gm)) consts.set(m[1]!, Number(m[2]));
   const evalBound = (expr: string): number | undefined => {
