@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
+import { matmul } from '../src/kernels/matmul.js';
 
 const SCALE_WGSL = `
 struct P { n: u32, a: f32 }
@@ -50,6 +51,29 @@ describe('device', () => {
     expect(w.released).toBe(false);
     w.release();
     expect(dev.liveBytes).toBe(live0);
+  });
+
+  it('pools textures, counts them in liveBytes and names the limit a texture exceeds', async () => {
+    const dev = await getDevice();
+    const live0 = dev.liveBytes;
+    const t = dev.allocTexture(5, 7, 2);
+    expect(dev.liveBytes - live0).toBe(5 * 7 * 2 * 16);
+    dev.freeTexture(t);
+    expect(dev.liveBytes).toBe(live0);
+    expect(dev.allocTexture(5, 7, 2)).toBe(t); // the pooled one, same size
+    dev.freeTexture(t);
+    const max = dev.limits.maxTextureDimension2D;
+    expect(() => dev.allocTexture(max + 1, 1, 1, 'big a')).toThrow(new RegExp(`big a: a ${max + 1}x1x1 texture exceeds the adapter's maxTextureDimension2D ${max}`));
+    // A cpu matmul (a read from a texture) leaves no texture behind.
+    const a = Tensor.zeros(dev, [9, 64]);
+    const b = Tensor.zeros(dev, [64, 12]);
+    matmul(a, b, { variant: 'cpu' }).release(); // first use makes the kept dummy binding
+    const before = dev.liveBytes;
+    matmul(a, b, { variant: 'cpu' }).release();
+    await dev.sync();
+    expect(dev.liveBytes).toBe(before);
+    a.release();
+    b.release();
   });
 
   it('errors clearly on use after release, bad shapes and oversize buffers', async () => {

@@ -568,6 +568,8 @@ export class Device {
     }
     for (const list of this.pool.values()) for (const b of list) b.destroy();
     this.pool.clear();
+    for (const list of this.texturePool.values()) for (const t of list) t.destroy();
+    this.texturePool.clear();
     for (const b of this.stagingPool) b.destroy();
     this.stagingPool = [];
     this.gpu.destroy();
