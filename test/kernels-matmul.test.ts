@@ -216,9 +216,17 @@ describe('matmul', () => {
         await check('cpu', 3, 37, 24, 64, { bias: new Float32Array(), residual: new Float32Array() });
         await check('cpu', 1, 20, 12, 128, { transB: true });
       }
+      // a transposed with M % 4 == 0 (a 1x1 conv's x): 4x4 blocks per invocation, or one
+      // value at a time; K = 30 leaves a partial last texel.
+      for (const t4 of [true, false]) {
+        packTuning.transposed4 = t4;
+        await check('cpu', 3, 36, 20, 30, { transA: true, transB: true, bBatched: true });
+        await check('cpu', 1, 40, 16, 64, { transA: true, bias: new Float32Array() });
+      }
     } finally {
       cpuGemmTuning.textureLimit = undefined;
       packTuning.copy = true;
+      packTuning.transposed4 = true;
     }
   });
 

@@ -711,20 +711,23 @@ export function packTexture(
     return tex;
   }
   const v4 = src.cs === 1 && K % 4 === 0 && src.rs % 4 === 0 && (batch === 1 || src.bs % 4 === 0) && src.off % 4 === 0;
-  const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4 }));
+  // a transposed (a 1x1 conv's x): 4 rows x 4 k per invocation from 4 vec4 loads.
+  const t4 = !v4 && packTuning.transposed4 && src.rs === 1 && M % 4 === 0 && src.cs % 4 === 0 && (batch === 1 || src.bs % 4 === 0) && src.off % 4 === 0;
+  const pack = dev.pipeline(`matmul_pack_a:${v4 ? 'V4' : t4 ? 'T4' : ''}`, () => buildShader('matmul_pack_a', { V4: v4, T4: t4 }));
   dev.dispatch({
     label,
     family,
     pipeline: pack,
     uniforms: uniforms([['u', M], ['u', K], ['u', K4], ['u', batch], ['u', src.off], ['u', src.rs], ['u', src.cs], ['u', src.bs]]),
     bindings: [src.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
-    workgroups: [Math.ceil(K4 / 8), M, batch],
+    workgroups: [Math.ceil(K4 / 8), t4 ? M / 4 : M, batch],
   });
   return tex;
 }
 
-/** packTexture's choices: `copy` false always runs the pack kernel (tests of both paths). */
-export const packTuning = { copy: true };
+/** packTexture's choices (tests run both sides): `copy` false always runs the pack kernel;
+ *  `transposed4` false reads a transposed a one value at a time. */
+export const packTuning = { copy: true, transposed4: true };
 
 /** True when packTexture can hold (batch, M, K) in one texture on this adapter. */
 export function textureHolds(dev: Device, M: number, K: number, batch: number): boolean {
