@@ -8,18 +8,7 @@
 // channels unrolled and every block value a named variable: lavapipe keeps big loops
 // rolled, and a rolled loop indexes register arrays dynamically, which puts them in memory.
 // Template: ELEM (vec4<f32> when d % 4 == 0, else f32), LOADERS, BODY.
-struct P {
-  B: u32, Nq: u32, Nk: u32, H: u32,
-  d: u32, HD: u32, causal: u32, hasMask: u32,
-  wantStats: u32, nx: u32, nRG: u32, scale2: f32,
-}
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> qb: array<{{ELEM}}>;
-@group(0) @binding(2) var<storage, read> kb: array<{{ELEM}}>;
-@group(0) @binding(3) var<storage, read> vb: array<{{ELEM}}>;
-@group(0) @binding(4) var<storage, read> mask: array<f32>;
-@group(0) @binding(5) var<storage, read_write> ob: array<{{ELEM}}>;
-@group(0) @binding(6) var<storage, read_write> stats: array<f32>;
+//#include attention_common
 
 // Scores are in log2 units (scale2 = scale * log2(e)); a finite sentinel stands for -inf
 // (WGSL has no infinity literal) and masked probabilities are forced to 0 explicitly.

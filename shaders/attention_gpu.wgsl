@@ -3,19 +3,7 @@
 // each, filled cooperatively and coalesced), then each invocation scores its row against the
 // tile and does one online-softmax update (flash attention, f32 max / sum) per tile.
 // q / k / v are read as f32 so any head size works; d <= 4 * DMAX4 (a template bucket).
-struct P {
-  B: u32, Nq: u32, Nk: u32, H: u32,
-  d: u32, HD: u32, causal: u32, hasMask: u32,
-  wantStats: u32, nx: u32, nRG: u32, scale2: f32,
-  d4: u32, TK: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> qb: array<f32>;
-@group(0) @binding(2) var<storage, read> kb: array<f32>;
-@group(0) @binding(3) var<storage, read> vb: array<f32>;
-@group(0) @binding(4) var<storage, read> mask: array<f32>;
-@group(0) @binding(5) var<storage, read_write> ob: array<f32>;
-@group(0) @binding(6) var<storage, read_write> stats: array<f32>;
+//#include attention_common
 
 const WG = 64u;
 const DMAX4 = {{DMAX4}}u;

@@ -3,8 +3,8 @@
 // written for the forward result (online softmax over key blocks, f32 statistics). With
 // `probsOut`, a second pass recomputes the scores with the final max / sum and adds the
 // mean over heads into probsOut; the (B, H, Nq, Nk) tensor never exists.
-import { Device, GpuError, Tensor, fillTemplate, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
-import { packTexture, textureHolds } from './matmul.js';
+import { Device, GpuError, Tensor, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
+import { buildShader, packTexture, textureHolds } from './matmul.js';
 
 export type AttentionVariant = 'naive' | 'cpu' | 'gpu';
 
@@ -339,14 +339,14 @@ function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB:
   const fwd = name === 'attention_cpu';
   // Texture bindings follow the buffers: 7-9 (q, k, v) in the forward kernel, 6-7 (q, k) in the probs one.
   const texDecl = tex ? (fwd ? ['qT', 'kT', 'vT'] : ['qT', 'kT']).map((n, i) => `@group(0) @binding(${(fwd ? 7 : 6) + i}) var ${n}: texture_2d_array<f32>;\n`).join('') : '';
-  return fillTemplate(loadShader(name), {
+  return buildShader(name, {}, {
     R,
     JB,
     ELEM: vec ? 'vec4<f32>' : 'f32',
     LOADERS: loaders(vec, fwd, fwd) + (oWg ? `\nvar<workgroup> ow: array<vec4<f32>, ${8 * R * DMAX4}>;\n` : '') + texDecl,
     BODY: fwd ? cpuForwardBody(R, JB, sg, DMAX4, oWg, tex) : cpuProbsBody(R, JB, sg, tex),
     ENABLE: sg ? 'enable subgroups;' : '',
-  });
+  }, { unroll: false });
 }
 
 /**
@@ -503,19 +503,19 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const unroll = D4 <= unrollMaxD4 && (!dev.adapter.isFallback || D4 * R * KB <= 40);
       const key = `attention_gpu2 D4${D4} R${R} WG${WG} KB${KB} TK${TK} ${vec ? 'vec4' : 'f32'} ${unroll ? 'unrolled' : 'loops'}`;
       const pipe = dev.pipeline(key, () =>
-        fillTemplate(loadShader('attention_gpu2'), {
+        buildShader('attention_gpu2', {}, {
           ELEM: vec ? 'vec4<f32>' : 'f32',
           LOADERS: loaders(vec, true, true),
           WG, R, D4, KB, TK,
           BODY: gpu2Body(R, KB, D4, unroll, dev.adapter.isFallback),
-        }));
+        }, { unroll: false }));
       dispatchGpu(pipe, WG * R, D4, TK);
     } else {
       // Keys per shared tile: 512 vec4 per tile (8 KiB each for K and V), at most 128.
       const d4 = Math.ceil(d / 4);
       const TK = Math.min(128, Math.floor(512 / d4));
       const dm = dmax4(d);
-      const pipe = dev.pipeline(`attention_gpu dmax${dm}`, () => fillTemplate(loadShader('attention_gpu'), { DMAX4: dm }));
+      const pipe = dev.pipeline(`attention_gpu dmax${dm}`, () => buildShader('attention_gpu', {}, { DMAX4: dm, ELEM: 'f32' }, { unroll: false }));
       dispatchGpu(pipe, 64, d4, TK);
     }
     if (probsOut) accumulateProbs(dev, q, k, maskBinding, stats, probsOut, { B, Nq, Nk, H, d, HD, causal, hasMask: Boolean(keyMask), sumBatch, scale2, variant }, packed);
