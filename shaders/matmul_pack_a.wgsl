@@ -2,8 +2,8 @@
 // matmul_cpu.wgsl (A_TEX) reads with textureLoad: texel (x, m, z) holds
 // a[z, m, 4x .. 4x + 3] (zeros past K). On lavapipe a textureLoad is a vectorised fetch of
 // 8 lanes' texels, where a storage-buffer load at per-lane addresses is a loop over the
-// lanes with a branch and a bounds check per word (docs/KERNELS.md): 4096x320x1280 f32 went
-// 20.7 -> 28.8 GFLOP/s in one process with a read this way.
+// lanes with a branch and a bounds check per word (docs/KERNELS.md). packTexture
+// (matmul.ts) uses a buffer-to-texture copy instead where rows are 256-byte multiples.
 // V4: a is contiguous along K with 4-aligned rows and offset (one vec4 load per texel).
 // T4: a is contiguous along M (a transposed, e.g. the x of a 1x1 conv), M, offset, column
 // and batch strides multiples of 4: an invocation loads 4 vec4 (4 k of 4 rows) and writes

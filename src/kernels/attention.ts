@@ -4,7 +4,7 @@
 // `probsOut`, a second pass recomputes the scores with the final max / sum and adds the
 // mean over heads into probsOut; the (B, H, Nq, Nk) tensor never exists.
 import { Device, GpuError, Tensor, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
-import { buildShader, packTexture, textureHolds } from './matmul.js';
+import { buildShader, packTexture, textureBinding, textureHolds } from './matmul.js';
 
 export type AttentionVariant = 'naive' | 'cpu' | 'gpu';
 
@@ -476,7 +476,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
         // texels at once where a buffer load loops over the lanes (docs/KERNELS.md). The
         // probs pass below reuses q's and k's.
         packed = [q, k, v].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
-        const views = packed.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
+        const views = packed.map(textureBinding);
         dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings: [null, null, null, maskBinding, out.binding(), stats.binding(), ...views], workgroups: wg });
       } else {
         dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
@@ -557,7 +557,7 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
   const own = tex && !packed;
   const texs = !tex ? [] : packed ? packed.slice(0, 2) : [q, k].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
   try {
-    const views = texs.map((t) => ({ texture: t.createView({ dimension: '2d-array' }) }));
+    const views = texs.map(textureBinding);
     for (let p0 = 0; p0 < planes; p0 += perDispatch) {
       const n = Math.min(perDispatch, planes - p0);
       const nRB = Math.ceil(a.Nq / R);

@@ -12,7 +12,7 @@
 // [v0, g0, v1, g1, ...] (gluInterleave() re-lays a checkpoint's chunked weight once, at
 // load), so the two columns of a pair are neighbours in every variant's register block
 // and the kernel writes out (..., M, N/2) = value * gelu(gate) directly.
-import { GpuError, Tensor, keep, loadShader, fillTemplate, grid1d, uniforms, shapeStr, type Binding, type Device } from '../tensor/index.js';
+import { GpuError, Tensor, keep, loadShader, fillTemplate, grid1d, uniforms, shapeStr, type Binding, type BufferBinding, type Device } from '../tensor/index.js';
 import { cast, stridedMap } from './elementwise.js';
 
 export type Act = 'none' | 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu';
@@ -236,7 +236,7 @@ function span(o: Operand, z0: number, z1: number, r0: number, r1: number, c0: nu
 }
 
 /** A binding window covering elements [lo, hi] and the element offset of lo inside it. */
-export function windowFor(dev: Device, t: Tensor, lo: number, hi: number): { binding: Binding; off: number; bytes: number } {
+export function windowFor(dev: Device, t: Tensor, lo: number, hi: number): { binding: BufferBinding; off: number; bytes: number } {
   const es = bytesOf(t);
   const align = bindingAlign(dev);
   const start = Math.floor((lo * es) / align) * align;
@@ -278,8 +278,8 @@ const COL_LANES = process.env.ELBO_COL_LANES === '1';
  * Choices of the cpu GEMM kernel. `aTexture` (default on; ELBO_MATMUL_ATEX=0 for off):
  * a is copied into an rgba32float texture and read with textureLoad (A_TEX in
  * shaders/matmul_cpu.wgsl). On lavapipe that is a vectorised fetch of the 8 lanes' texels
- * instead of a per-lane loop of bounds-checked buffer loads: 4096x320x1280 f32 20.7 ->
- * 28.8 GFLOP/s in one process (worker CPU time 22.1 -> 32.5).
+ * instead of a per-lane loop of bounds-checked buffer loads (with the 8-row tile below:
+ * 4096x320x1280 f32 17.4 -> 20.5 GFLOP/s in one process).
  */
 export const cpuGemmTuning = {
   aTexture: process.env.ELBO_MATMUL_ATEX !== '0',
@@ -627,10 +627,10 @@ interface Chunk {
   N: number;
   K: number;
   batch: number;
-  a: { binding: Binding; off: number };
-  b: { binding: Binding; off: number };
-  out: { binding: Binding; off: number };
-  res?: { binding: Binding; off: number };
+  a: { binding: BufferBinding; off: number };
+  b: { binding: BufferBinding; off: number };
+  out: { binding: BufferBinding; off: number };
+  res?: { binding: BufferBinding; off: number };
   biasOff: number;
   accum: boolean;
   bias: boolean;
@@ -689,7 +689,7 @@ function aTextureFits(dev: Device, g: Gemm, c: Chunk): boolean {
  */
 export function packTexture(
   dev: Device,
-  src: { binding: Binding; off: number; rs: number; cs: number; bs: number },
+  src: { binding: BufferBinding; off: number; rs: number; cs: number; bs: number },
   M: number,
   K: number,
   batch: number,
@@ -700,14 +700,13 @@ export function packTexture(
   const tex = dev.allocTexture(K4, M, batch, label);
   // Rows of 256-byte multiples, 16-byte aligned, batches M rows (or more) apart: a plain
   // buffer-to-texture copy (a memcpy on lavapipe, several times cheaper than the kernel).
-  const buf = src.binding as { buffer: GPUBuffer; offset?: number };
-  const byteOff = (buf.offset ?? 0) + src.off * 4;
+  const byteOff = (src.binding.offset ?? 0) + src.off * 4;
   const rowsPerImage = src.rs > 0 ? src.bs / src.rs : 0;
   if (
     packTuning.copy && src.cs === 1 && K % 4 === 0 && (src.rs * 4) % 256 === 0 && byteOff % 16 === 0 &&
     (batch === 1 || (Number.isInteger(rowsPerImage) && rowsPerImage >= M))
   ) {
-    dev.copyToTexture(buf.buffer, byteOff, src.rs * 4, batch === 1 ? M : rowsPerImage, tex, [K4, M, batch]);
+    dev.copyToTexture(src.binding.buffer, byteOff, src.rs * 4, batch === 1 ? M : rowsPerImage, tex, [K4, M, batch]);
     return tex;
   }
   const v4 = src.cs === 1 && K % 4 === 0 && src.rs % 4 === 0 && (batch === 1 || src.bs % 4 === 0) && src.off % 4 === 0;
@@ -719,10 +718,15 @@ export function packTexture(
     family,
     pipeline: pack,
     uniforms: uniforms([['u', M], ['u', K], ['u', K4], ['u', batch], ['u', src.off], ['u', src.rs], ['u', src.cs], ['u', src.bs]]),
-    bindings: [src.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
+    bindings: [src.binding, textureBinding(tex)],
     workgroups: [Math.ceil(K4 / 8), t4 ? M / 4 : M, batch],
   });
   return tex;
+}
+
+/** The binding of a whole packTexture texture (a 2D array, as the kernels declare it). */
+export function textureBinding(tex: GPUTexture): Binding {
+  return { texture: tex.createView({ dimension: '2d-array' }) };
 }
 
 /** packTexture's choices (tests run both sides): `copy` false always runs the pack kernel;
@@ -737,8 +741,8 @@ export function textureHolds(dev: Device, M: number, K: number, batch: number): 
 
 /**
  * Records a cpu-kernel chunk with a read from a texture: per piece of at most
- * maxTextureDimension2D rows and maxTextureArrayLayers batches, matmul_pack_a.wgsl copies
- * that piece of a into a pooled rgba32float texture and matmul_cpu.wgsl (A_TEX) reads it.
+ * maxTextureDimension2D rows and maxTextureArrayLayers batches, packTexture copies that
+ * piece of a into a pooled rgba32float texture and matmul_cpu.wgsl (A_TEX) reads it.
  */
 function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, biasBinding: Binding): void {
   const maxRows = Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity);
@@ -768,7 +772,7 @@ function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, bias
           family: g.family ?? 'matmul',
           pipeline,
           uniforms: gemmUniforms(pq),
-          bindings: [null, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding, { texture: tex.createView({ dimension: '2d-array' }) }],
+          bindings: [null, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding, textureBinding(tex)],
           workgroups: [Math.ceil(mc / tile[0]), Math.ceil(c.N / tile[1]), zc],
         });
       } finally {

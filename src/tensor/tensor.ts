@@ -1,6 +1,6 @@
 // Tensor: shape, dtype and a reference-counted GPU buffer. Contiguous and row-major;
 // reshape shares the storage, everything else that moves data is a kernel.
-import { Device, GpuError, type Binding, type DType } from './device.js';
+import { Device, GpuError, type BufferBinding, type DType } from './device.js';
 import { f16BitsToF32, f32ToF16Bits } from './half.js';
 
 export type Shape = readonly number[];
@@ -188,12 +188,12 @@ export class Tensor {
   }
 
   /** The whole tensor as a storage binding. */
-  binding(): Binding {
+  binding(): BufferBinding {
     return { buffer: this.buffer, offset: 0, size: Math.max(4, this.byteSize) };
   }
 
   /** A binding of bytes [offset, offset+size) of the tensor's data. */
-  window(offset: number, size: number): Binding {
+  window(offset: number, size: number): BufferBinding {
     return { buffer: this.buffer, offset, size };
   }
 
