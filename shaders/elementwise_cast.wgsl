@@ -6,12 +6,12 @@ struct P { n: u32, nx: u32, b32: u32, b16: u32 }
 @group(0) @binding(1) var<storage, read> src: array<{{SRC}}>;
 @group(0) @binding(2) var<storage, read_write> dst: array<{{DST}}>;
 
-// One value to f16 bits. pack2x16float is indeterminate outside the f16 range, so
-// overflow becomes +-inf (what torch's .half() gives) and NaN stays NaN explicitly.
+//#include half_bits
+
+// One value to f16 bits: overflow becomes +-inf (what torch's .half() gives), NaN stays NaN.
 fn half_bits(x: f32) -> u32 {
   if (x != x) { return 0x7e00u; }
-  if (abs(x) >= 65520.0) { return select(0x7c00u, 0xfc00u, x < 0.0); }
-  return pack2x16float(vec2<f32>(clamp(x, -65504.0, 65504.0), 0.0)) & 0xffffu;
+  return f16_bits(x);
 }
 
 @compute @workgroup_size({{WG}})

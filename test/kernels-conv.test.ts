@@ -192,6 +192,15 @@ describe('conv2d', () => {
       } finally {
         winogradTuning.weightV4 = true;
       }
+      // f16 weights give an f16 U (above); with f16U off, the f32 U of before
+      if (dev.hasF16) {
+        winogradTuning.f16U = false;
+        try {
+          await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
+        } finally {
+          winogradTuning.f16U = true;
+        }
+      }
       // not taken (the direct kernel: its weight re-layout and the conv; stride 2: im2col, the
       // matmul's texture pack of a and the matmul): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
       expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);

@@ -171,6 +171,11 @@ describe('elementwise', () => {
     const dev = await getDevice();
     for (const n of [1, 7, 77, 257, 1024]) {
       const xs = randn(n, n, 100);
+      // Round-to-nearest-even cases: halfway between halves (1 + 2^-11, 1 + 3 * 2^-11), the
+      // largest half (65504; 65519 rounds down to it, 65520 in xs[0] overflows), subnormal
+      // halves and the values halfway between them, below the smallest one (2^-25 rounds to 0), -0.
+      const special = [65519, -65504, 1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11 + 2 ** -20), 6.1e-5, 2 ** -14 - 2 ** -25, 3 * 2 ** -25, -(5 * 2 ** -25), 2 ** -25, 2 ** -26, -0, 2 ** -24, 1e-7];
+      special.forEach((v, i) => { if (i + 1 < n) xs[i + 1] = v; });
       xs[0] = 70000; // overflows to inf like torch .half()
       const x = Tensor.fromArray(dev, xs, [n]);
       const c = copy(x);
@@ -181,9 +186,8 @@ describe('elementwise', () => {
       const bits = await h.toF16Bits();
       const want = Tensor.fromArray(dev, xs, [n], 'f16');
       const wantBits = await want.toF16Bits();
-      let worst = 0;
-      for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(bits[i]! - wantBits[i]!));
-      expect(worst).toBeLessThanOrEqual(1); // within one f16 ulp of round-to-nearest-even
+      // bit for bit the host's round-to-nearest-even (shaders/half_bits.wgsl)
+      expect(Array.from(bits)).toEqual(Array.from(wantBits));
       expect(bits[0]).toBe(0x7c00);
       const back = cast(h, 'f32');
       expect(back.dtype).toBe('f32');

@@ -75,11 +75,11 @@ export function bindingAlign(dev: Device): number {
 
 // ------------------------------------------------------------------ shader preprocessing
 /**
- * loadShader + `//#include name`, `//#if A || !B && C` / `//#elif` / `//#else` / `//#endif`
+ * loadShader (which resolves `//#include name`) + `//#if A || !B && C` / `//#elif` / `//#else` / `//#endif`
  * (each on its own line) and `{{KEY}}` substitution.
  */
 export function buildShader(name: string, defines: Record<string, boolean>, values: Record<string, string | number> = {}, opts: { unroll?: boolean } = {}): string {
-  const src = loadShader(name).replace(/^\/\/#include (\w+)[ \t]*$/gm, (_, inc: string) => loadShader(inc));
+  const src = loadShader(name);
   const test = (expr: string): boolean =>
     expr.split('||').some((alt) =>
       alt.split('&&').every((term) => {

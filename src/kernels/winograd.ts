@@ -33,8 +33,16 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 const MIN_TILES_4 = 64;
 let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
 
-/** Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight transform. */
-export const winogradTuning = { weightV4: true };
+/**
+ * Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight
+ * transform; `f16U` false (or ELBO_WINOGRAD_F16U=0) writes U in f32 for f16 weights too.
+ * f16 U (f16 weights and F(2x2) only; f32 weights keep f32 U) halves the transform's stores
+ * and the batched matmul's loads of U. Whole conv, f16 weights, one process, median of 8,
+ * ms f32 U -> f16 U: 1280->1280 at 16x16 216 -> 198, at 8x8 95 -> 95 (CPU time 85 -> 78),
+ * 2560->1280 at 8x8 197 -> 178; by GPU timestamps, 1280->1280 at 8x8: transform 27.5 ->
+ * 22.3, batched matmul 48.5 -> 41.5. Outputs move by ~3e-4 of their largest value.
+ */
+export const winogradTuning = { weightV4: true, f16U: process.env.ELBO_WINOGRAD_F16U !== '0' };
 
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
 export function setWinogradTile(m: 2 | 4 | undefined): void {
@@ -99,7 +107,7 @@ function transformCode(al: Algo, side: 'input' | 'output' | 'weight'): string {
   const { a, m, BT, G, AT } = al;
   if (side === 'input') return sandwich(BT, BT, (i, j) => `d[${a * i + j}]`, (i, j, e) => `v[${a * i + j}u * plane + o] = ${e};`, a);
   if (side === 'output') return sandwich(AT, AT, (i, j) => `q[${a * i + j}]`, (i, j, e) => `y[${m * i + j}] = ${e};`, a);
-  return sandwich(G, G, (i, j) => `g[${3 * i + j}]`, (i, j, e) => `u[${a * i + j}u * plane + i] = ${e};`, 3);
+  return sandwich(G, G, (i, j) => `g[${3 * i + j}]`, (i, j, e) => `u[${a * i + j}u * plane + i] = st(${e});`, 3);
 }
 
 function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Record<string, boolean>): string {
@@ -170,6 +178,10 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
   const al = winogradAlgo(H, W);
+  // f16 U for F(2x2) only: F(4x4)'s output transform (entries up to 8) magnifies U's
+  // rounding (320->320 at 64x64: 3.6e-3 at max |y| 1.7, vs 1.2e-3 at 3.3 for F(2x2)
+  // 1280->1280 at 16x16) for a gain within noise (640->640 at 32x32: 129 -> 135 ms).
+  const uH = f16 && winogradTuning.f16U && al.m === 2;
   const aa = al.a * al.a;
   const tiles = B * Math.ceil(W / al.m) * Math.ceil(H / al.m);
   // Per chunk of output channels: U (aa, Coc, Ci); per chunk of tiles: V and M. One chunk
@@ -179,7 +191,7 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const per = Math.min(tiles, tilesPerChunk(lim, aa, Ci, coc));
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
-    const u = Tensor.empty(dev, [aa, nco, Ci], 'f32', 'winograd U');
+    const u = Tensor.empty(dev, [aa, nco, Ci], uH ? 'f16' : 'f32', 'winograd U');
     try {
       const [sCo, sCi, sTap] = g.wStrides;
       {
@@ -188,8 +200,9 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
         // 2560->1280 91.9 -> 66.0. F(4x4)'s 36 outputs per channel did not gain (640->640
         // 20.6 -> 23.1, 1920->640 62.7 -> 67.7) and keep one channel per invocation.
         const v4 = winogradTuning.weightV4 && al.m === 2 && sTap === 1 && sCi === 9 && (co0 * sCo) % 4 === 0 && Ci % 4 === 0;
-        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}${v4 ? ':v4' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4 }));
-        const [nx, ny] = grid1d(Math.ceil((nco * (v4 ? Ci / 4 : Ci)) / 64));
+        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}${v4 ? ':v4' : ''}${uH ? ':uh' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4, UH: uH }));
+        // channels per invocation: 4 (V4), 2 (f16 U: one u32 per store) or 1
+        const [nx, ny] = grid1d(Math.ceil((nco * (Ci / (v4 ? 4 : uH ? 2 : 1))) / 64));
         dev.dispatch({
           label: `${g.label} winograd weight`, family: 'winograd weight', pipeline,
           uniforms: uniforms([['u', nco], ['u', Ci], ['u', nx], ['u', co0 * sCo], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),

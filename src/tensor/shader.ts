@@ -6,11 +6,11 @@ import { fileURLToPath } from 'node:url';
 const shaderDir = fileURLToPath(new URL('../../shaders/', import.meta.url));
 const cache = new Map<string, string>();
 
-/** The text of shaders/<name>.wgsl. */
+/** The text of shaders/<name>.wgsl, each `//#include other` line replaced by that file's text. */
 export function loadShader(name: string): string {
   let s = cache.get(name);
   if (s === undefined) {
-    s = readFileSync(`${shaderDir}${name}.wgsl`, 'utf8');
+    s = readFileSync(`${shaderDir}${name}.wgsl`, 'utf8').replace(/^\/\/#include (\w+)[ \t]*$/gm, (_, inc: string) => loadShader(inc));
     cache.set(name, s);
   }
   return s;
