@@ -15,6 +15,8 @@ export interface ModelMeasurement {
   peak_mb: number;
   rss_mb: number;
   load_seconds?: number;
+  /** Each timed run's seconds, in order (seconds is their median): this machine varies. */
+  run_seconds?: number[];
 }
 
 /** SD 1.5's published unet/config.json (the keys it carries). */
@@ -137,7 +139,8 @@ export async function printProfile(dev: Device, what: string, run: () => void, s
   }
 }
 
-async function timeIt(dev: Device, runs: number, fn: () => void): Promise<number> {
+/** Seconds of each of `runs` runs, and their median. */
+export async function timeIt(dev: Device, runs: number, fn: () => void): Promise<{ seconds: number; run_seconds: number[] }> {
   const times: number[] = [];
   for (let i = 0; i < runs; i++) {
     const t0 = performance.now();
@@ -145,8 +148,8 @@ async function timeIt(dev: Device, runs: number, fn: () => void): Promise<number
     await dev.sync();
     times.push((performance.now() - t0) / 1000);
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
+  const sorted = [...times].sort((a, b) => a - b);
+  return { seconds: sorted[Math.floor(sorted.length / 2)]!, run_seconds: times };
 }
 
 export interface ModelBenchOptions {
@@ -190,9 +193,9 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
   }
   dev.resetPeak();
   if (o.profile) await printProfile(dev, 'one UNet forward', run, o.profileShapes ?? 0);
-  const seconds = await timeIt(dev, o.runs, run);
+  const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
   const flops = unetFlops(config, side) * B;
-  return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), load_seconds: loadSeconds };
+  return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), load_seconds: loadSeconds, run_seconds };
 }
 
 export async function benchText(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
@@ -208,8 +211,8 @@ export async function benchText(dev: Device, o: ModelBenchOptions): Promise<Mode
   run();
   await dev.sync();
   dev.resetPeak();
-  const seconds = await timeIt(dev, o.runs, run);
+  const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
   const H = 768;
   const flops = o.batch * 12 * (2 * 77 * (4 * H * H + 2 * H * 3072) + 4 * 77 * 77 * H);
-  return { model: 'text', dtype: w.matrixDtype, batch: o.batch, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb() };
+  return { model: 'text', dtype: w.matrixDtype, batch: o.batch, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), run_seconds };
 }

@@ -10,7 +10,7 @@ import { CLIPTokenizer } from '../src/models/tokenizer.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
 import { RandomWeights } from '../src/models/weights.js';
-import { CLIP_L_TEXT, SD15_UNET, printProfile, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
+import { CLIP_L_TEXT, SD15_UNET, printProfile, timeIt, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
 
 /** SD 1.5's vae/config.json. */
 export const SD15_VAE = {
@@ -68,16 +68,8 @@ export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<Model
   await dev.sync();
   dev.resetPeak();
   if (o.profile) await printProfile(dev, 'one VAE encode', run);
-  const times: number[] = [];
-  for (let i = 0; i < o.runs; i++) {
-    const t0 = performance.now();
-    run();
-    await dev.sync();
-    times.push((performance.now() - t0) / 1000);
-  }
-  times.sort((a, b) => a - b);
-  const seconds = times[Math.floor(times.length / 2)]!;
-  return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20 };
+  const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
+  return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20, run_seconds };
 }
 
 /** One whole segmentation of a 512x512 image with two classes, reference timesteps (20 + 10). */
