@@ -1,8 +1,9 @@
 // `elbo-t2ialign doctor`: what WebGPU adapter we run on and which kernel variants it gets.
 import { Device, dawnFlags } from '../tensor/index.js';
 import { variants } from '../kernels/index.js';
-import { gpuGemmTuning } from '../kernels/matmul.js';
+import { cpuGemmTuning, gpuGemmTuning } from '../kernels/matmul.js';
 import { attentionTuning } from '../kernels/attention.js';
+import { winogradTuning } from '../kernels/winograd.js';
 
 export async function runDoctor(args: string[]): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {
@@ -21,12 +22,23 @@ export async function runDoctor(args: string[]): Promise<number> {
     attention: attentionTuning.gpuKernel,
     attentionV2: { R: attentionTuning.gpuV2.R, WG: attentionTuning.gpuV2.WG, KB: attentionTuning.gpuV2.KB },
   };
+  // Within the 'cpu' variant: the lavapipe choices (docs/KERNELS.md), each with its switch.
+  const on = (b: boolean): string => (b ? 'on' : 'off');
+  const cpuKernels = {
+    matmulATexture: cpuGemmTuning.aTexture,
+    matmulTile: `${cpuGemmTuning.sgTile.TM}x${cpuGemmTuning.sgTile.NV}`,
+    attentionTextures: attentionTuning.cpuTextures,
+    attentionTile: `${attentionTuning.cpuFwd.R}x${attentionTuning.cpuFwd.JB}`,
+    winogradF16U: winogradTuning.f16U,
+    winograd: process.env.ELBO_WINOGRAD !== '0',
+  };
   const report = {
     adapter: dev.adapter,
     kind: dev.kind,
     features: dev.features,
     limits: dev.limits,
     kernels,
+    cpuKernels,
     gpuKernels,
   };
   if (args.includes('--json')) {
@@ -46,5 +58,11 @@ export async function runDoctor(args: string[]): Promise<number> {
   const g = gpuKernels;
   const a2 = g.attention === 'v2' ? ` (${g.attentionV2.R} row per invocation, ${g.attentionV2.WG} invocations)` : '';
   console.log(`'gpu' kernels${dev.kind === 'gpu' ? '' : ' (when asked for)'}: GEMM ${g.gemm}, Winograd ${g.winograd}, attention ${g.attention}${a2}`);
+  const c = cpuKernels;
+  console.log(
+    `'cpu' kernels${dev.kind === 'cpu' ? '' : ' (when asked for)'}: matmul a from a texture ${on(c.matmulATexture)} (ELBO_MATMUL_ATEX), tile ${c.matmulTile}; ` +
+      `attention q/k/v from textures ${on(c.attentionTextures)} (ELBO_ATTN_TEX), tile ${c.attentionTile}; ` +
+      `3x3 convs by Winograd ${on(c.winograd)} (ELBO_WINOGRAD), f16 U for f16 weights ${on(c.winogradF16U)} (ELBO_WINOGRAD_F16U)`,
+  );
   return 0;
 }

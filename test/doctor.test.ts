@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { runCli } from './helpers/cli.js';
+import { getDevice } from './helpers/gpu.js';
+import { winogradTuning } from '../src/kernels/winograd.js';
+
+describe('doctor', () => {
+  it('prints the adapter, its features and limits, and the kernel choices in use', async () => {
+    const dev = await getDevice();
+    const text = await runCli(['doctor']);
+    expect(text.code).toBe(0);
+    expect(text.out).toMatch(/^adapter: /m);
+    expect(text.out).toMatch(/features:\s+shader-f16 (yes|no), subgroups (yes|no), timestamp-query (yes|no)/);
+    expect(text.out).toContain(`maxStorageBufferBindingSize          ${dev.limits.maxStorageBufferBindingSize}`);
+    expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
+    expect(text.out).toMatch(/'cpu' kernels.*f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\)/);
+
+    winogradTuning.f16U = false;
+    try {
+      const json = await runCli(['doctor', '--json']);
+      const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
+      expect(r.kind).toBe(dev.kind);
+      expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
+      expect(r.kernels.attention!.inUse).toBe(dev.kind);
+      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, matmulTile: '8x8', attentionTile: '8x32' });
+    } finally {
+      winogradTuning.f16U = true;
+    }
+  });
+});
