@@ -70,3 +70,45 @@ export function workerCpuSeconds(): number | undefined {
     return undefined;
   }
 }
+
+/** Setters of the choices an A/B benchmark compares, by name. */
+export type Choices = Record<string, () => void>;
+
+/**
+ * Median ms per call under each choice (a setter): `rounds` rounds, each timing `reps` calls
+ * of every choice in turn, so that a machine whose speed drifts (this one: 16-34 GFLOP/s for
+ * the same matmul within minutes) slows every choice alike. The first call of each choice
+ * (its pipeline compiles) is not timed.
+ */
+export async function alternate(dev: Device, choices: Choices, fn: () => void, reps: number, rounds: number): Promise<Map<string, number>> {
+  const times = new Map<string, number[]>();
+  for (const set of Object.values(choices)) {
+    set();
+    fn();
+    await dev.sync();
+  }
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, set] of Object.entries(choices)) {
+      set();
+      const t0 = performance.now();
+      for (let i = 0; i < reps; i++) fn();
+      await dev.sync();
+      times.set(name, [...(times.get(name) ?? []), (performance.now() - t0) / reps]);
+    }
+  }
+  const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+  return new Map([...times].map(([k, v]) => [k, med(v)]));
+}
+
+/** One line per op of an A/B benchmark: each choice's ms, rate and speed relative to the first. */
+export function row(op: string, shape: string, flops: number, t: Map<string, number>, json: boolean, unit: 'TF/s' | 'GFLOP/s' = 'TF/s'): void {
+  const tf = (ms: number): number => flops / ms / 1e9;
+  if (json) {
+    for (const [k, ms] of t) console.log(JSON.stringify({ op, shape, variant: k, ms: Number(ms.toFixed(4)), tflops: Number(tf(ms).toFixed(4)) }));
+    return;
+  }
+  const first = [...t.values()][0]!;
+  const rate = (ms: number): string => (unit === 'TF/s' ? tf(ms).toFixed(2).padStart(6) : (tf(ms) * 1000).toFixed(1).padStart(6));
+  const cells = [...t].map(([k, ms]) => `${k} ${ms.toFixed(3).padStart(7)} ms ${rate(ms)} ${unit} x${(first / ms).toFixed(2)}`);
+  console.log(`${op.padEnd(10)} ${shape.padEnd(30)} ${cells.join(' | ')}`);
+}

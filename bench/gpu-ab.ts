@@ -10,44 +10,10 @@ import { gpuGemmTuning, linear } from '../src/kernels/matmul.js';
 import { attention, attentionTuning } from '../src/kernels/attention.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { RandomWeights } from '../src/models/weights.js';
-import { rand } from './common.js';
+import { alternate, rand, row, type Choices } from './common.js';
 import { SD15_UNET, printProfile, unetFlops } from './models.js';
 
 type Kernel = 'v1' | 'v2';
-type Choices = Record<string, () => void>;
-
-/** Median ms per call under each choice (a setter): `rounds` rounds, each timing `reps` calls of every choice in turn. */
-async function alternate(dev: Device, choices: Choices, fn: () => void, reps: number, rounds: number): Promise<Map<string, number>> {
-  const times = new Map<string, number[]>();
-  for (const set of Object.values(choices)) {
-    set();
-    fn(); // compile
-    await dev.sync();
-  }
-  for (let r = 0; r < rounds; r++) {
-    for (const [name, set] of Object.entries(choices)) {
-      set();
-      const t0 = performance.now();
-      for (let i = 0; i < reps; i++) fn();
-      await dev.sync();
-      times.set(name, [...(times.get(name) ?? []), (performance.now() - t0) / reps]);
-    }
-  }
-  const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
-  return new Map([...times].map(([k, v]) => [k, med(v)]));
-}
-
-function row(op: string, shape: string, flops: number, t: Map<string, number>, json: boolean): void {
-  const tf = (ms: number): number => flops / ms / 1e9;
-  if (json) {
-    for (const [k, ms] of t) console.log(JSON.stringify({ op, shape, variant: k, ms: Number(ms.toFixed(4)), tflops: Number(tf(ms).toFixed(3)) }));
-    return;
-  }
-  const first = [...t.values()][0]!;
-  const cells = [...t].map(([k, ms]) => `${k} ${ms.toFixed(3).padStart(7)} ms ${tf(ms).toFixed(2).padStart(6)} TF/s x${(first / ms).toFixed(2)}`);
-  console.log(`${op.padEnd(10)} ${shape.padEnd(30)} ${cells.join(' | ')}`);
-}
-
 export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: number; rounds?: number } = {}): Promise<void> {
   const reps = opts.reps ?? Number(process.env.AB_REPS ?? 10);
   const rounds = opts.rounds ?? Number(process.env.AB_ROUNDS ?? 5);

@@ -5,6 +5,7 @@
 //   vae                         the VAE encoder at 512x512
 //   segment                     one whole segmentation of a 512x512 image, two classes
 //   ab                          the 'gpu' variant's kernel choices side by side (for a GPU)
+//   cpu-ab                      the 'cpu' variant's switches side by side, alternated (lavapipe)
 // options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --profile-shapes N (the
 //          profile plus the N costliest dispatches by op and shapes)  --no-warmup (one timed run
 //          that includes pipeline compiles: for the full-size SDXL UNet on a CPU adapter)
@@ -41,6 +42,9 @@ async function main(): Promise<void> {
   } else if (what === 'ab') {
     const { benchGpuAb } = await import('./gpu-ab.js');
     await benchGpuAb(dev, json);
+  } else if (what === 'cpu-ab') {
+    const { benchCpuAb } = await import('./cpu-ab.js');
+    await benchCpuAb(dev, json);
   } else {
     const o: ModelBenchOptions = {
       dtype: values.dtype === 'f16' ? 'f16' : 'f32',
@@ -57,7 +61,7 @@ async function main(): Promise<void> {
     else if (what === 'vae' || what === 'segment') {
       const mod = await import('./segment.js');
       m = what === 'vae' ? await mod.benchVae(dev, o) : await mod.benchSegment(dev, o);
-    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab)`);
+    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab)`);
     const runs = m.run_seconds && m.run_seconds.length > 1 ? m.run_seconds : undefined;
     if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1), run_seconds: m.run_seconds?.map((x) => round(x, 3)) }));
     else {
