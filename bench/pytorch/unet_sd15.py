@@ -3,7 +3,7 @@
 # torch 1.13), random weights, for a side-by-side timing with `npm run bench -- unet`.
 # Dev-only: the package never runs Python. 859.5 M parameters, as SD 1.5's UNet.
 # Usage: python3 bench/pytorch/unet_sd15.py [f32|bf16] [threads=2] [runs=3]
-# (here: python3 -m venv /tmp/tv && /tmp/tv/bin/pip install /opt/wheels/torch-*.whl)
+# Needs torch, e.g. in a venv: python3 -m venv .venv && .venv/bin/pip install torch
 import math, sys, time, torch, torch.nn as nn, torch.nn.functional as F
 
 class Resnet(nn.Module):
