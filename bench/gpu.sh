@@ -4,8 +4,10 @@
 # model figures and the demo, as on the CPU adapter. A few minutes on an H100.
 #   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
-#   bash bench/gpu.sh compile     only the first-forward (pipeline compile) times per kernel
-#                                 choice and a segmentation run twice in one process
+#   bash bench/gpu.sh compile [tests|attention|sync]   where the first run's time goes
+#                                 (pipeline compiles, bench -- compile), with and without the
+#                                 driver's disk cache, a segmentation run twice in one process,
+#                                 the VAE; then the kernel tests, or the attention tests
 # Logs and a summary go to $OUT (default $TMPDIR/gpu-bench); GPU_BUDGET seconds in all (560).
 set -u
 cd "$(dirname "$0")/.."
@@ -57,15 +59,26 @@ fi
 head -30 "$OUT/doctor.log"
 B="$TSX bench/index.ts"
 if [ "${1:-}" = compile ]; then
-  # Where the first forward's time goes (pipeline compiles on a cold driver cache), per
-  # kernel choice, and a segmentation run twice in one process (the second is warm).
-  step unet-new 45 $B unet --runs 3
-  step unet-attn-v1 45 env ELBO_GPU_ATTN=v1 $B unet --runs 3
-  step unet-gemm-v1 45 env ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B unet --runs 3
-  step unet-all-v1 45 env ELBO_GPU_ATTN=v1 ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B unet --runs 3
-  step segment2 90 $B segment --runs 2
-  step segment2-v1 90 env ELBO_GPU_ATTN=v1 ELBO_GPU_GEMM=v1 ELBO_GPU_WINOGRAD=off $B segment --runs 2
-  for f in "$OUT"/unet-*.log "$OUT"/segment2*.log; do echo "== $(basename "$f")"; grep -E "first forward|^unet|^run |^segment" "$f"; done
+  # Where the first run's time goes (pipeline compiles), and whether compiling every pipeline
+  # at once (createComputePipelineAsync) beats one by one. The driver's disk cache is off for
+  # the first three steps so each compiles for real; then on (its default place), cold and warm.
+  export __GL_SHADER_DISK_CACHE=0
+  step record 90 $B compile --record "$OUT/pipes.json" --what segment
+  step replay-async 90 $B compile --replay "$OUT/pipes.json" --what segment
+  [ "${2:-}" = sync ] && step replay-sync 90 $B compile --replay "$OUT/pipes.json" --sync --what segment
+  unset __GL_SHADER_DISK_CACHE
+  rm -rf "$HOME/.cache/nvidia"
+  step unet-cold-cache 60 $B unet --runs 3
+  step unet-warm-cache 60 $B unet --runs 3
+  du -sh "$HOME/.cache/nvidia" 2>&1 | tee -a "$OUT/summary.txt"
+  step segment-warm-cache 60 $B segment --runs 2
+  step vae 30 $B vae --runs 3
+  for f in record replay-async replay-sync unet-cold-cache unet-warm-cache segment-warm-cache vae; do
+    [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^(elbo ([6-9]|[1-9][0-9])|collect [0-9])|Warning" "$OUT/$f.log" | head -40; }
+  done
+  [ "${2:-}" = tests ] && step tests 150 node_modules/.bin/vitest run test/kernels-*.test.ts test/device.test.ts test/conv-prepared.test.ts && grep -E "Test Files|Tests |FAIL|×" "$OUT/tests.log" | head -20
+  [ "${2:-}" = attention ] && step tests 90 node_modules/.bin/vitest run test/kernels-attention.test.ts && grep -E "Test Files|Tests |FAIL|×|max abs" "$OUT/tests.log" | head -20
+  for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log
   exit 0
 fi
 step unet 60 $B unet --json --runs 5

@@ -6,6 +6,8 @@
 //   segment                     one whole segmentation of a 512x512 image, two classes
 //   ab                          the 'gpu' variant's kernel choices side by side (for a GPU)
 //   cpu-ab                      the 'cpu' variant's switches side by side, alternated (lavapipe)
+//   compile --record F | --replay F [--sync] [--what unet|segment]
+//                               pipeline compile time: where it goes, and compiling in parallel
 // options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --profile-shapes N (the
 //          profile plus the N costliest dispatches by op and shapes)  --no-warmup (one timed run
 //          that includes pipeline compiles: for the full-size SDXL UNet on a CPU adapter)
@@ -26,6 +28,10 @@ async function main(): Promise<void> {
       'profile-shapes': { type: 'string' },
       config: { type: 'string', default: 'sd15' },
       'no-warmup': { type: 'boolean', default: false },
+      record: { type: 'string' },
+      replay: { type: 'string' },
+      sync: { type: 'boolean', default: false },
+      what: { type: 'string', default: 'unet' },
     },
   });
   const what = positionals[0] ?? 'kernels';
@@ -56,12 +62,18 @@ async function main(): Promise<void> {
       warmup: !values['no-warmup'],
     };
     let m: ModelMeasurement;
+    if (what === 'compile') {
+      const { benchCompile } = await import('./compile.js');
+      await benchCompile(dev, o, { record: values.record, replay: values.replay, sync: values.sync!, what: values.what! });
+      dev.destroy();
+      return;
+    }
     if (what === 'unet') m = await benchUnet(dev, o);
     else if (what === 'text') m = await benchText(dev, o);
     else if (what === 'vae' || what === 'segment') {
       const mod = await import('./segment.js');
       m = what === 'vae' ? await mod.benchVae(dev, o) : await mod.benchSegment(dev, o);
-    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab)`);
+    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab, compile)`);
     const runs = m.run_seconds && m.run_seconds.length > 1 ? m.run_seconds : undefined;
     if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1), run_seconds: m.run_seconds?.map((x) => round(x, 3)) }));
     else {

@@ -86,6 +86,34 @@ describe('device', () => {
     expect(() => Tensor.empty(dev, [Math.floor(dev.limits.maxBufferSize / 4) + 1])).toThrow(/maxBufferSize/);
   });
 
+  it('logs each pipeline compile, and precompiled pipelines are used without compiling again', async () => {
+    const dev = await getDevice();
+    const code = (k: number): string => `@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] * ${k}.0 + 1.0; }`;
+    const n0 = dev.compileLog.length;
+    const key = `test compile log ${Math.random()}`;
+    dev.pipeline(key, () => code(3));
+    dev.pipeline(key, () => code(3)); // cached: no second entry
+    expect(dev.compileLog.length).toBe(n0 + 1);
+    const e = dev.compileLog[n0]!;
+    expect(e.key).toBe(key);
+    expect(e.code).toBe(code(3));
+    expect(e.moduleMs + e.pipelineMs).toBeGreaterThanOrEqual(0);
+    const specs = [2, 5].map((k) => ({ key: `${key} x${k}`, entryPoint: 'main', code: code(k) }));
+    expect((await dev.precompile(specs)).compiled).toBe(2);
+    expect((await dev.precompile(specs)).compiled).toBe(0);
+    // The precompiled pipeline runs, and asking for it compiles nothing.
+    const p5 = dev.pipeline(specs[1]!.key, () => {
+      throw new Error('should not compile again');
+    });
+    expect(dev.compileLog.length).toBe(n0 + 1);
+    const x = Tensor.fromArray(dev, new Float32Array([2]), [1]);
+    dev.dispatch({ label: 'precompiled', pipeline: p5, bindings: [x.binding()], workgroups: [1, 1, 1] });
+    expect(Array.from(await x.toArray())).toEqual([11]);
+    x.release();
+    await expect(dev.precompile([{ key: `${key} bad`, entryPoint: 'main', code: 'fn main( {' }])).rejects.toThrow(/precompile: pipeline "test compile log .* bad"/);
+  });
+
   it('round-trips f16 storage', async () => {
     const dev = await getDevice();
     if (!dev.hasF16) return;

@@ -114,6 +114,7 @@ export class Device {
   readonly kind: 'cpu' | 'gpu';
 
   private pipelines = new Map<string, GPUComputePipeline>();
+  private compiles: PipelineCompile[] = [];
   private pool = new Map<number, GPUBuffer[]>();
   private texturePool = new Map<string, GPUTexture[]>();
   private pooledBytes = 0;
@@ -249,12 +250,15 @@ export class Device {
 
   /** Returns a cached compute pipeline; `key` identifies shader + specialisation. */
   pipeline(key: string, code: string | (() => string), entryPoint = 'main', constants?: Record<string, number>): GPUComputePipeline {
-    const cacheKey = constants ? `${key}|${entryPoint}|${JSON.stringify(constants)}` : `${key}|${entryPoint}`;
+    const cacheKey = pipelineCacheKey({ key, entryPoint, constants });
     let p = this.pipelines.get(cacheKey);
     if (p) return p;
     this.checkAlive(`pipeline ${key}`);
+    const t0 = performance.now();
     const src = typeof code === 'string' ? code : code();
+    const t1 = performance.now();
     const module = this.gpu.createShaderModule({ label: key, code: src });
+    const t2 = performance.now();
     // Never pass `constants: undefined`: it segfaults dawn.node (PLATFORM.md).
     const compute: GPUProgrammableStage = constants ? { module, entryPoint, constants } : { module, entryPoint };
     this.gpu.pushErrorScope('validation');
@@ -263,8 +267,48 @@ export class Device {
     void this.gpu.popErrorScope().then((err) => {
       if (err) this.uncaptured ??= `pipeline "${key}": ${err.message}`;
     });
+    const t3 = performance.now();
+    this.compiles.push({ key, entryPoint, constants, code: src, generateMs: t1 - t0, moduleMs: t2 - t1, pipelineMs: t3 - t2 });
     this.pipelines.set(cacheKey, p);
     return p;
+  }
+
+  /** Every pipeline this device compiled synchronously, in order, with its source and the
+   *  host time spent generating the source, creating the module and creating the pipeline. */
+  get compileLog(): readonly PipelineCompile[] {
+    return this.compiles;
+  }
+
+  /**
+   * Compiles the given pipelines with createComputePipelineAsync, all in flight at once, so a
+   * driver that compiles on worker threads does them in parallel; later `pipeline()` calls
+   * with the same key, entry point and constants return them. Resolves with the wall time.
+   * Entries already compiled are skipped.
+   */
+  async precompile(entries: readonly PipelineSpec[]): Promise<{ compiled: number; seconds: number }> {
+    this.checkAlive('precompile');
+    const t0 = performance.now();
+    const todo = entries.filter((e) => !this.pipelines.has(pipelineCacheKey(e)));
+    const made = await Promise.all(
+      todo.map(async (e) => {
+        // A bad module's error is captured here (the pipeline's rejection reports it too), so it
+        // never reaches the uncaptured-error handler and a later, unrelated flush.
+        this.gpu.pushErrorScope('validation');
+        const module = this.gpu.createShaderModule({ label: e.key, code: e.code });
+        const moduleError = this.gpu.popErrorScope();
+        const compute: GPUProgrammableStage = e.constants ? { module, entryPoint: e.entryPoint, constants: e.constants } : { module, entryPoint: e.entryPoint };
+        try {
+          return await this.gpu.createComputePipelineAsync({ label: e.key, layout: 'auto', compute });
+        } catch (err) {
+          const first = await moduleError;
+          throw new GpuError(`precompile: pipeline "${e.key}": ${(first ?? (err as Error)).message}`);
+        } finally {
+          await moduleError;
+        }
+      }),
+    );
+    todo.forEach((e, i) => this.pipelines.set(pipelineCacheKey(e), made[i]!));
+    return { compiled: todo.length, seconds: (performance.now() - t0) / 1000 };
   }
 
   /** A storage buffer of at least `bytes` bytes, from the pool when one is free. */
@@ -575,6 +619,24 @@ export class Device {
     this.gpu.destroy();
     instance = undefined;
   }
+}
+
+/** A pipeline as `Device.pipeline` builds it: enough to build it again (`precompile`). */
+export interface PipelineSpec {
+  key: string;
+  entryPoint: string;
+  constants?: Record<string, number>;
+  code: string;
+}
+
+export interface PipelineCompile extends PipelineSpec {
+  generateMs: number;
+  moduleMs: number;
+  pipelineMs: number;
+}
+
+function pipelineCacheKey(e: { key: string; entryPoint: string; constants?: Record<string, number> }): string {
+  return e.constants ? `${e.key}|${e.entryPoint}|${JSON.stringify(e.constants)}` : `${e.key}|${e.entryPoint}`;
 }
 
 /** Per-dispatch timestamps, summed per kernel family. */
