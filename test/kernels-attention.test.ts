@@ -274,6 +274,29 @@ describe('attention', () => {
       }
     });
 
+    it('heads wider than 160 without mask, causal or probs go through the GEMM and softmax kernels', async () => {
+      const dev = await getDevice();
+      const saved = { ...attentionTuning };
+      // Score chunks of a few query rows, so the row loop runs more than once.
+      attentionTuning.gemmScoreBytes = 2 * 257 * 4 * 10;
+      try {
+        await withV2(async () => {
+          dev.startProfile({ byLabel: true });
+          note(await runCase('gpu', 2, 70, 33, 1, 512));
+          note(await runCase('gpu', 2, 77, 257, 2, 200, { scale: 0.3 }));
+          note(await runCase('gpu', 1, 257, 7, 3, 161));
+          const labels = [...(await dev.stopProfile()).keys()];
+          expect(labels.filter((l) => l.endsWith(' scores')).length).toBe(3);
+          expect(labels.filter((l) => l.startsWith('attention q') && !l.endsWith(' scores') && !l.endsWith(' P v'))).toEqual([]);
+          // Switched off: the fused kernel, same results.
+          attentionTuning.gpuWideByGemmAbove = Infinity;
+          note(await runCase('gpu', 2, 77, 257, 2, 200, { scale: 0.3 }));
+        });
+      } finally {
+        Object.assign(attentionTuning, saved);
+      }
+    });
+
     it('VAE mid-block head (d 512)', async () => {
       await withV2(async () => note(await runCase('gpu', 1, 70, 70, 1, 512, { probs: true })));
     });

@@ -3,8 +3,9 @@
 // written for the forward result (online softmax over key blocks, f32 statistics). With
 // `probsOut`, a second pass recomputes the scores with the final max / sum and adds the
 // mean over heads into probsOut; the (B, H, Nq, Nk) tensor never exists.
-import { Device, GpuError, Tensor, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
-import { buildShader, packTexture, textureBinding, textureHolds } from './matmul.js';
+import { Device, GpuError, Tensor, grid1d, loadShader, scope, shapeStr, uniforms } from '../tensor/index.js';
+import { buildShader, packTexture, runGemm, textureBinding, textureHolds } from './matmul.js';
+import { softmax } from './norm.js';
 
 export type AttentionVariant = 'naive' | 'cpu' | 'gpu';
 
@@ -58,7 +59,54 @@ export const attentionTuning = {
    * 2.18, R 4 3.64; the default is the fastest at every UNet shape but one (a tie).
    */
   gpuV2: { R: 1, WG: 128, KB: 8, tileBytes: 16384, unrollMaxD4: 40 },
+  /**
+   * The 'gpu' variant's heads wider than this (d; the VAE's one head of 512), without mask,
+   * causal or probsOut: scores, softmax and P V through the GEMM and softmax kernels
+   * (attentionByGemm) instead of the fused kernel, whose rolled loops over private q / o rows
+   * of d floats took NVIDIA's compiler 6.9 s at d = 512 (docs/GPU.md). Infinity
+   * (ELBO_GPU_ATTN_WIDE=fused): always fused.
+   */
+  gpuWideByGemmAbove: process.env.ELBO_GPU_ATTN_WIDE === 'fused' ? Infinity : 160,
+  /** attentionByGemm: scores of at most this many bytes at once (query rows in chunks). */
+  gemmScoreBytes: 256 * 2 ** 20,
 };
+
+function wideByGemm(d: number, causal: boolean, masked: boolean, probs: boolean): boolean {
+  return d > attentionTuning.gpuWideByGemmAbove && !causal && !masked && !probs;
+}
+
+/**
+ * Attention with materialised scores, for wide heads on GPUs: per head and chunk of query
+ * rows, S = scale q k^T (B, rows, Nk) by the GEMM, softmax over keys, then P v by the GEMM
+ * written straight into the head's columns of out. The operands are strided views of the
+ * (B, N, H*d) layout, so nothing is permuted.
+ */
+function attentionByGemm(dev: Device, a: { q: Tensor; k: Tensor; v: Tensor; out: Tensor; B: number; Nq: number; Nk: number; H: number; d: number; HD: number; scale: number; label: string }): void {
+  const { q, k, v, out, B, Nq, Nk, H, d, HD } = a;
+  const rows = Math.max(1, Math.min(Nq, Math.floor(attentionTuning.gemmScoreBytes / (B * Nk * 4))));
+  const common = { act: 'none' as const, variant: 'gpu' as const, family: 'attention' };
+  for (let h = 0; h < H; h++) {
+    for (let r0 = 0; r0 < Nq; r0 += rows) {
+      const rc = Math.min(rows, Nq - r0);
+      scope(() => {
+        const s = Tensor.empty(dev, [B, rc, Nk], 'f32', 'attention scores');
+        runGemm(dev, {
+          ...common, label: `${a.label} scores`, M: rc, N: Nk, K: d, batch: B, alpha: a.scale,
+          a: { t: q, off: r0 * HD + h * d, rs: HD, cs: 1, bs: Nq * HD },
+          b: { t: k, off: h * d, rs: 1, cs: HD, bs: Nk * HD },
+          out: { t: s, off: 0, rs: Nk, cs: 1, bs: rc * Nk },
+        });
+        const p = softmax(s);
+        runGemm(dev, {
+          ...common, label: `${a.label} P v`, M: rc, N: d, K: Nk, batch: B, alpha: 1,
+          a: { t: p, off: 0, rs: Nk, cs: 1, bs: rc * Nk },
+          b: { t: v, off: h * d, rs: HD, cs: 1, bs: Nk * HD },
+          out: { t: out, off: r0 * HD + h * d, rs: HD, cs: 1, bs: Nq * HD },
+        });
+      });
+    }
+  }
+}
 
 /**
  * Loader functions for the templated shaders: ldq / ldk / ldv(base, c4) return channels
@@ -481,6 +529,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       } else {
         dev.dispatch({ label, family: 'attention', pipeline: pipe, uniforms: uni(wg[0], nRG), bindings, workgroups: wg });
       }
+    } else if (wideByGemm(d, causal, Boolean(keyMask), Boolean(probsOut))) {
+      attentionByGemm(dev, { q, k, v, out, B, Nq, Nk, H, d, HD, scale, label });
     } else if (attentionTuning.gpuKernel === 'v2') {
       const { R, WG, tileBytes, unrollMaxD4 } = attentionTuning.gpuV2;
       const D4 = Math.ceil(d / 4);
