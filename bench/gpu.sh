@@ -4,6 +4,8 @@
 # model figures and the demo, as on the CPU adapter. A few minutes on an H100.
 #   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
+#   bash bench/gpu.sh segment     a warm segmentation's time: JS recording, self-attention
+#                                 propagation on the GPU vs the host
 #   bash bench/gpu.sh compile [tests|attention|sync]   where the first run's time goes
 #                                 (pipeline compiles, bench -- compile), with and without the
 #                                 driver's disk cache, a segmentation run twice in one process,
@@ -58,6 +60,19 @@ if ! step doctor 60 $TSX src/cli.ts doctor; then
 fi
 head -30 "$OUT/doctor.log"
 B="$TSX bench/index.ts"
+if [ "${1:-}" = segment ]; then
+  # Where a warm segmentation's time goes: the UNet's JS recording beside its GPU time, and
+  # the self-attention propagation on the GPU against the host (ELBO_SELF_HOST=1).
+  step unet 60 $B unet --runs 5
+  step segment 90 $B segment --runs 2
+  step segment-self-host 90 env ELBO_SELF_HOST=1 $B segment --runs 2
+  step tests 40 node_modules/.bin/vitest run test/device.test.ts
+  for f in unet segment segment-self-host tests; do
+    [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^(elbo ([3-9]|[1-9][0-9])|collect [0-9])|Warning" "$OUT/$f.log" | grep -vE "^ +(✓|→)" | head -30; }
+  done
+  for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log
+  exit 0
+fi
 if [ "${1:-}" = compile ]; then
   # Where the first run's time goes (pipeline compiles), and whether compiling every pipeline
   # at once (createComputePipelineAsync) beats one by one. The driver's disk cache is off for

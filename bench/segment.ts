@@ -91,8 +91,29 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
   const config = applyOverrides(defaultConfig(), []);
   // --runs N segments the image N times in one process and reports the last: the first
   // includes every pipeline compile (seconds on a GPU with a cold driver cache).
+  // JS time spent recording UNet forwards (per run), beside the run's time: on a fast GPU
+  // the host's share of each step shows here.
+  const unet = pipe.unet;
+  const forward = unet.forward.bind(unet);
+  let recordMs = 0;
+  let forwards = 0;
+  let dispatches = 0;
+  unet.forward = (...args: Parameters<typeof forward>): ReturnType<typeof forward> => {
+    const t = performance.now();
+    const d = dev.dispatchCount;
+    try {
+      return forward(...args);
+    } finally {
+      recordMs += performance.now() - t;
+      dispatches += dev.dispatchCount - d;
+      forwards++;
+    }
+  };
   let seconds = 0;
   for (let r = 0; r < Math.max(1, o.runs); r++) {
+    recordMs = 0;
+    forwards = 0;
+    dispatches = 0;
     dev.resetPeak();
     const t0 = performance.now();
     let last = '';
@@ -110,6 +131,7 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     if (process.stderr.isTTY) process.stderr.write('\n');
     if (o.runs > 1) process.stderr.write(`run ${r + 1}/${o.runs}: ${seconds.toFixed(2)} s\n`);
     if (r === 0) process.stderr.write(`first run: ${compileSummary(dev)}\n`);
+    process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s\n`);
   }
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
   const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);

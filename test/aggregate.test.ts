@@ -2,7 +2,7 @@
 // sd21-tiny defaults-full run stores every layer's averaged cross-attention map.
 import { describe, expect, it } from 'vitest';
 import { SafeTensorsFile } from '../src/io/safetensors.js';
-import { aggregateCross, crossLayerWeights, resolutionSegments, checkSelfWeightSums, type LayerMap } from '../src/elbo/aggregate.js';
+import { aggregateCross, applySelf, applySelfMany, crossLayerWeights, resolutionSegments, checkSelfWeightSums, type LayerMap } from '../src/elbo/aggregate.js';
 import { minMax, resizeBilinear, toU8 } from '../src/elbo/interp.js';
 import { maxAbsDiff } from './helpers/gpu.js';
 
@@ -52,6 +52,35 @@ describe('cross-attention aggregation (reference tensors)', () => {
       const refPng = toU8(f.readF32(`mask.${i}`));
       expect(maxAbsDiff(png, refPng)).toBeLessThanOrEqual(1);
     }
+  });
+
+  it('applySelfMany with host products equals applySelf per vector, bit for bit', async () => {
+    // Self maps at 8x8, 4x4, 8x8 (grids change and return, as in a UNet), rows of weights
+    // with a zero entry; three vectors at once.
+    let seed = 7;
+    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const selfLayers: LayerMap[] = [8, 4, 8].map((r, i) => ({ name: `self.${i}`, place: 'down', res: r, data: Float32Array.from({ length: r ** 4 }, rnd) }));
+    const rows = [[1, 0, 2], [0.5, 1, 0], [0, 0, 1]];
+    const vs = [0, 1, 2].map(() => Float64Array.from({ length: 64 }, rnd));
+    const calls: number[] = [];
+    const got = await applySelfMany(selfLayers, rows, vs, async (jobs) => {
+      calls.push(jobs.length);
+      return jobs.map((j) => {
+        const l = selfLayers[j.layer]!;
+        const n = l.res ** 2;
+        return Float64Array.from({ length: n }, (_, q) => {
+          let s = 0;
+          for (let k = 0; k < n; k++) s += l.data[q * n + k]! * j.t[k]!;
+          return s;
+        });
+      });
+    });
+    // One call per weight row with every (non-zero layer, vector) product in it.
+    expect(calls).toEqual([6, 6, 3]);
+    vs.forEach((v, i) => expect(Array.from(got[i]!)).toEqual(Array.from(applySelf(selfLayers, rows, v))));
+    // A row of zero weights gives NaN, as the reference's 0 / 0.
+    const nan = await applySelfMany(selfLayers, [[0, 0, 0]], vs.slice(0, 1), async () => []);
+    expect(nan[0]!.every((x) => Number.isNaN(x))).toBe(true);
   });
 
   it('rejects weight lists too short for the layout and zero self-weight rows', () => {

@@ -108,34 +108,83 @@ export function checkSelfWeightSums(rows: readonly (readonly number[])[], option
  * layers of L @ (B^T v) expanded over the repeated query rows.
  */
 export function applySelf(layers: readonly LayerMap[], rowWeights: readonly (readonly number[])[], c: Float64Array): Float64Array {
-  const R = layers[0]!.res;
-  let v: Float64Array = c;
+  let vs = [c];
   for (const wrow of rowWeights) {
-    const wsum = wrow.reduce((a, b) => a + b, 0);
-    const next = new Float64Array(R * R);
-    layers.forEach((l, i) => {
-      const w = wrow[i]!;
-      if (w === 0) return;
-      const r = l.res;
-      const n = r * r;
-      const t = r === R ? v : resizeBilinearAdjoint(v, r, r, R, R); // (r*r)
-      const lt = new Float64Array(n);
-      for (let q = 0; q < n; q++) {
-        let s = 0;
-        const row = q * n;
-        for (let k = 0; k < n; k++) s += l.data[row + k]! * t[k]!;
-        lt[q] = s;
-      }
-      const f = R / r;
-      for (let y = 0; y < R; y++) {
-        const qy = Math.floor(y / f);
-        for (let x = 0; x < R; x++) next[y * R + x] += (w / wsum) * lt[qy * r + Math.floor(x / f)]!;
-      }
-    });
-    if (wsum === 0) next.fill(NaN);
-    v = next;
+    const jobs = selfRowJobs(layers, wrow, vs);
+    vs = selfRowCombine(layers, wrow, vs.length, jobs, jobs.map((j) => layerTimes(layers[j.layer]!, j.t)));
   }
-  return v;
+  return vs[0]!;
+}
+
+/**
+ * applySelf for several vectors at once, with the products L @ t done by `products`, which
+ * gets every (layer, t) of one weight row together and returns L @ t for each (in order): the
+ * GPU does them where the summed maps already are (segment.ts). `layers` needs no data there.
+ */
+export async function applySelfMany(
+  layers: readonly Omit<LayerMap, 'data'>[],
+  rowWeights: readonly (readonly number[])[],
+  cs: readonly Float64Array[],
+  products: (jobs: readonly SelfJob[]) => Promise<Float64Array[]>,
+): Promise<Float64Array[]> {
+  let vs = [...cs];
+  for (const wrow of rowWeights) {
+    const jobs = selfRowJobs(layers, wrow, vs);
+    vs = selfRowCombine(layers, wrow, vs.length, jobs, await products(jobs));
+  }
+  return vs;
+}
+
+/** One product L_layer @ t of a self-attention row, for vector `vec`. */
+export interface SelfJob {
+  layer: number;
+  vec: number;
+  /** B^T v on the layer's own (res*res) grid. */
+  t: Float64Array;
+}
+
+function selfRowJobs(layers: readonly { res: number }[], wrow: readonly number[], vs: readonly Float64Array[]): SelfJob[] {
+  const R = layers[0]!.res;
+  const jobs: SelfJob[] = [];
+  layers.forEach((l, i) => {
+    if (wrow[i] === 0) return;
+    const r = l.res;
+    vs.forEach((v, k) => jobs.push({ layer: i, vec: k, t: r === R ? v : resizeBilinearAdjoint(v, r, r, R, R) }));
+  });
+  return jobs;
+}
+
+/** Sums the row's weighted products, each expanded over the repeated query rows. */
+function selfRowCombine(layers: readonly { res: number }[], wrow: readonly number[], nVec: number, jobs: readonly SelfJob[], lts: readonly Float64Array[]): Float64Array[] {
+  const R = layers[0]!.res;
+  const wsum = wrow.reduce((a, b) => a + b, 0);
+  const next = Array.from({ length: nVec }, () => new Float64Array(R * R));
+  jobs.forEach((j, ji) => {
+    const r = layers[j.layer]!.res;
+    const w = wrow[j.layer]!;
+    const lt = lts[ji]!;
+    const out = next[j.vec]!;
+    const f = R / r;
+    for (let y = 0; y < R; y++) {
+      const qy = Math.floor(y / f);
+      for (let x = 0; x < R; x++) out[y * R + x] += (w / wsum) * lt[qy * r + Math.floor(x / f)]!;
+    }
+  });
+  if (wsum === 0) for (const n of next) n.fill(NaN);
+  return next;
+}
+
+/** L @ t for one layer map (n, n) on the host. */
+function layerTimes(l: LayerMap, t: Float64Array): Float64Array {
+  const n = l.res * l.res;
+  const lt = new Float64Array(n);
+  for (let q = 0; q < n; q++) {
+    let s = 0;
+    const row = q * n;
+    for (let k = 0; k < n; k++) s += l.data[row + k]! * t[k]!;
+    lt[q] = s;
+  }
+  return lt;
 }
 
 /**

@@ -5,9 +5,12 @@ import { preprocessForVae, type ImageRGB } from '../io/image.js';
 import { AttentionStore } from '../models/attentionStore.js';
 import type { DiffusionPipeline } from '../models/pipeline.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
+import { mulScalar } from '../kernels/elementwise.js';
+import { gemv } from '../kernels/matmul.js';
 import {
   aggregateCross,
   applySelf,
+  applySelfMany,
   buildSelf,
   checkSelfWeightSums,
   crossLayerWeights,
@@ -277,6 +280,10 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
   const store = new AttentionStore(dev, false);
   let crossLayers: LayerMap[];
   let selfLayers: LayerMap[];
+  let sw: number[][];
+  let crossF: Float32Array[];
+  let tempered: Float64Array[];
+  let low: Float64Array[];
   try {
     const emb = pipe.embed(sourceText);
     const nC = collectTimesteps.length;
@@ -296,39 +303,61 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
       await dev.sync();
       progress({ phase: 'collect', done: k0 + B, total: nC, timestep: ts[ts.length - 1] });
     }
+    const inv = 1 / store.steps;
+    const gridOf = (l: (typeof store.self)[number]): number => {
+      if (l.h !== l.w) throw new Error(`segment: attention layer ${l.name} has a non-square grid ${l.h}x${l.w}; the VAE sample size gives square latents`);
+      return l.h;
+    };
     const readLayers = async (list: typeof store.self): Promise<LayerMap[]> => {
       const out: LayerMap[] = [];
       for (const l of list) {
         const data = await l.sum.toArray();
-        const inv = 1 / store.steps;
         for (let i = 0; i < data.length; i++) data[i] = f32(data[i]! * inv);
-        if (l.h !== l.w) throw new Error(`segment: attention layer ${l.name} has a non-square grid ${l.h}x${l.w}; the VAE sample size gives square latents`);
-        out.push({ name: l.name, place: placeOf(l.name), res: l.h, data });
+        out.push({ name: l.name, place: placeOf(l.name), res: gridOf(l), data });
       }
       return out;
     };
     crossLayers = await readLayers(store.cross);
-    selfLayers = await readLayers(store.self);
+    // The self-attention maps stay on the GPU (five of 64 MB at 512x512) unless the full
+    // operator is asked for: the products L @ t of the propagation run there (gemv).
+    // ELBO_SELF_HOST=1 reads them back and multiplies on the host (the earlier way, for A/B).
+    const selfOnHost = opts.wantSelfMatrix || process.env.ELBO_SELF_HOST === '1';
+    const selfMeta = store.self.map((l) => ({ name: l.name, place: placeOf(l.name), res: gridOf(l) }));
+    selfLayers = selfOnHost ? await readLayers(store.self) : selfMeta.map((l) => ({ ...l, data: new Float32Array(0) }));
+
+    // 1.4 / 1.5 Aggregation and masks on the host, but for those products.
+    progress({ phase: 'aggregate', done: 0, total: K });
+    const cw = crossLayerWeights(crossLayers, cfg.cross_gaussian_var, cfg.cross_weight);
+    sw = selfLayerWeights(selfLayers, cfg.self_weight);
+    if (!opts.referenceExact) checkSelfWeightSums(sw);
+    crossF = classes.map((_, i) => Float32Array.from(aggregateCross(crossLayers, positions[i]!, cw)));
+    tempered = crossF.map((c, i) => minMax(c).map((x) => f32(f32(x) ** temperature[i]!)));
+    low = selfOnHost
+      ? tempered.map((t) => applySelf(selfLayers, sw, t))
+      : await applySelfMany(selfMeta, sw, tempered, async (jobs) => {
+          const outs = jobs.map((j) =>
+            scope(() => {
+              const t = Tensor.fromArray(dev, Float32Array.from(j.t), [1, j.t.length]);
+              return mulScalar(gemv(t, store.self[j.layer]!.sum), inv);
+            }),
+          );
+          try {
+            return await Promise.all(outs.map(async (o) => Float64Array.from(await o.toArray())));
+          } finally {
+            for (const o of outs) o.release();
+          }
+        });
   } finally {
     store.reset();
   }
 
-  // 1.4 / 1.5 Aggregation and masks on the host.
-  progress({ phase: 'aggregate', done: 0, total: K });
   const R = crossLayers[0]!.res;
-  const cw = crossLayerWeights(crossLayers, cfg.cross_gaussian_var, cfg.cross_weight);
-  const sw = selfLayerWeights(selfLayers, cfg.self_weight);
-  if (!opts.referenceExact) checkSelfWeightSums(sw);
   const H = image.height;
   const W = image.width;
   const results: ClassSegmentation[] = classes.map((name, i) => {
-    const cross = aggregateCross(crossLayers, positions[i]!, cw);
-    const crossF = Float32Array.from(cross);
-    const tempered = minMax(crossF).map((x) => f32(f32(x) ** temperature[i]!));
-    const low = applySelf(selfLayers, sw, tempered);
-    const lowF = Float32Array.from(low);
+    const lowF = Float32Array.from(low[i]!);
     const mask = minMax(resizeBilinear(lowF, 1, R, R, H, W)).map((x) => x * 255);
-    const crossImg = resizeBilinear(Float32Array.from(tempered), 1, R, R, H, W).map((x) => Math.min(1, Math.max(0, x)) * 255);
+    const crossImg = resizeBilinear(Float32Array.from(tempered[i]!), 1, R, R, H, W).map((x) => Math.min(1, Math.max(0, x)) * 255);
     progress({ phase: 'aggregate', done: i + 1, total: K });
     return {
       name,
@@ -337,8 +366,8 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
       loss: lossSum[i]!,
       normalizedElbo: normalized[i]!,
       temperature: temperature[i]!,
-      crossAtt: crossF,
-      crossTempered: Float32Array.from(tempered),
+      crossAtt: crossF[i]!,
+      crossTempered: Float32Array.from(tempered[i]!),
       maskLowres: lowF,
       mask: Float32Array.from(mask),
       crossImage: Float32Array.from(crossImg),
