@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Tensor, scope, keep, uniforms } from '../src/tensor/index.js';
+import { Tensor, bindCache, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { matmul } from '../src/kernels/matmul.js';
 
@@ -112,6 +112,49 @@ describe('device', () => {
     expect(Array.from(await x.toArray())).toEqual([11]);
     x.release();
     await expect(dev.precompile([{ key: `${key} bad`, entryPoint: 'main', code: 'fn main( {' }])).rejects.toThrow(/precompile: pipeline "test compile log .* bad"/);
+  });
+
+  it('reuses bind groups for repeated dispatches, with uniforms by content, through cache overflows', async () => {
+    const dev = await getDevice();
+    const pipe = dev.pipeline('test bind cache', `struct P { a: u32, b: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(1) fn main() { x[p.a] = x[p.a] * 2.0 + p.b; }`);
+    const saved = { ...bindCache };
+    try {
+      for (const [enabled, maxGroups, maxUniformSlots] of [[true, 16384, 32768], [true, 3, 2], [false, 0, 0]] as const) {
+        Object.assign(bindCache, { enabled, maxGroups, maxUniformSlots });
+        const x = Tensor.zeros(dev, [4]);
+        const want = new Float64Array(4);
+        const [h0, m0] = [dev.bindGroupHits, dev.bindGroupMisses];
+        // The same few (index, addend) uniforms over and over, interleaved.
+        for (let i = 0; i < 24; i++) {
+          const a = i % 3;
+          const b = (i % 5) + 0.5;
+          dev.dispatch({ label: 'bind cache', pipeline: pipe, uniforms: uniforms([['u', a], ['f', b]]), bindings: [x.binding()], workgroups: [1] });
+          want[a] = want[a]! * 2 + b;
+        }
+        expect(Array.from(await x.toArray())).toEqual(Array.from(want));
+        const [hits, misses] = [dev.bindGroupHits - h0, dev.bindGroupMisses - m0];
+        if (!enabled) expect(hits + misses).toBe(0);
+        // 15 distinct (a, b) pairs: with room for them all, each is made once.
+        else if (maxGroups > 100) expect([hits, misses]).toEqual([9, 15]);
+        else expect(hits + misses).toBe(24);
+        x.release();
+      }
+    } finally {
+      Object.assign(bindCache, saved);
+    }
+    // A pooled buffer destroyed by trimPool, then a new one: no stale group is used.
+    const y = Tensor.zeros(dev, [4]);
+    dev.dispatch({ label: 'bind cache', pipeline: pipe, uniforms: uniforms([['u', 1], ['f', 1]]), bindings: [y.binding()], workgroups: [1] });
+    await dev.sync();
+    y.release();
+    dev.trimPool();
+    const z = Tensor.zeros(dev, [4]);
+    dev.dispatch({ label: 'bind cache', pipeline: pipe, uniforms: uniforms([['u', 1], ['f', 1]]), bindings: [z.binding()], workgroups: [1] });
+    expect(Array.from(await z.toArray())).toEqual([0, 1, 0, 0]);
+    z.release();
   });
 
   it('round-trips f16 storage', async () => {

@@ -724,9 +724,14 @@ export function packTexture(
   return tex;
 }
 
-/** The binding of a whole packTexture texture (a 2D array, as the kernels declare it). */
+const views = new WeakMap<GPUTexture, GPUTextureView>();
+
+/** The binding of a whole packTexture texture (a 2D array, as the kernels declare it); one
+ *  view per texture, so a pooled texture keeps matching its cached bind groups. */
 export function textureBinding(tex: GPUTexture): Binding {
-  return { texture: tex.createView({ dimension: '2d-array' }) };
+  let v = views.get(tex);
+  if (!v) views.set(tex, (v = tex.createView({ dimension: '2d-array' })));
+  return { texture: v };
 }
 
 /** packTexture's choices (tests run both sides): `copy` false always runs the pack kernel;
