@@ -114,6 +114,26 @@ describe('device', () => {
     await expect(dev.precompile([{ key: `${key} bad`, entryPoint: 'main', code: 'fn main( {' }])).rejects.toThrow(/precompile: pipeline "test compile log .* bad"/);
   });
 
+  it('scope releases newest first, so a repeated computation gets the same pooled buffers', async () => {
+    const dev = await getDevice();
+    // Same sizes, nested scopes, one tensor handed out of the inner scope.
+    const run = (): GPUBuffer[] =>
+      scope(() => {
+        const outer = [Tensor.empty(dev, [1000], 'f32'), Tensor.empty(dev, [1000], 'f32')];
+        const inner = scope(() => {
+          const a = Tensor.empty(dev, [1000], 'f32');
+          Tensor.empty(dev, [1000], 'f32');
+          return a;
+        });
+        const last = Tensor.empty(dev, [1000], 'f32');
+        return [...outer, inner, last].map((t) => (t.binding() as { buffer: GPUBuffer }).buffer);
+      });
+    const first = run();
+    const second = run();
+    expect(new Set(first).size).toBe(4);
+    expect(second.every((b, i) => b === first[i])).toBe(true);
+  });
+
   it('reuses bind groups for repeated dispatches, with uniforms by content, through cache overflows', async () => {
     const dev = await getDevice();
     const pipe = dev.pipeline('test bind cache', `struct P { a: u32, b: f32 }

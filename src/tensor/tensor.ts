@@ -66,7 +66,12 @@ function closeScope<T>(frame: ScopeFrame, result: T): T {
   scopeStack.pop();
   const keep = new Set<Tensor>();
   collectTensors(result, keep);
-  for (const t of frame) {
+  // Newest first: the pool hands buffers out last-in first-out, so releasing in reverse
+  // creation order puts them back as they were, and a repeated forward gets the same buffers
+  // (and finds its bind groups cached: Device.cachedBindGroup).
+  const ts = [...frame];
+  for (let i = ts.length - 1; i >= 0; i--) {
+    const t = ts[i]!;
     if (keep.has(t)) track(t);
     else if (!t.released) t.release();
   }
