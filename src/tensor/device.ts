@@ -353,6 +353,7 @@ export class Device {
         size,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
       });
+      this.idOf(buf); // ids in creation order: the pool hands out the oldest (poolInsert)
     }
     this.liveBytes += size;
     if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
@@ -372,7 +373,7 @@ export class Device {
     }
     let list = this.pool.get(size);
     if (!list) this.pool.set(size, (list = []));
-    list.push(buf);
+    this.poolInsert(list, buf);
     this.pooledBytes += size;
   }
 
@@ -400,6 +401,7 @@ export class Device {
         dimension: '2d',
         usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
       });
+      this.idOf(tex);
     }
     this.liveBytes += bytes;
     if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
@@ -419,7 +421,7 @@ export class Device {
     const key = `${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`;
     let list = this.texturePool.get(key);
     if (!list) this.texturePool.set(key, (list = []));
-    list.push(tex);
+    this.poolInsert(list, tex);
     this.pooledBytes += bytes;
   }
 
@@ -538,6 +540,24 @@ export class Device {
     slot = { buffer: this.uniformArena, offset, id: ++this.nextObjectId };
     this.uniformSlots.set(key, slot);
     return slot;
+  }
+
+  /**
+   * Puts a free buffer or texture into its size's list, kept in descending order of object
+   * id so that pop() hands out the oldest: which buffers a computation gets then depends on
+   * the set that is free, not on the order they were released in, and a repeated forward
+   * binds the same buffers as the last one (and finds its bind groups cached).
+   */
+  private poolInsert<T extends object>(list: T[], item: T): void {
+    const id = this.idOf(item);
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.idOf(list[mid]!) > id) lo = mid + 1;
+      else hi = mid;
+    }
+    list.splice(lo, 0, item);
   }
 
   private idOf(o: object): number {

@@ -66,9 +66,8 @@ function closeScope<T>(frame: ScopeFrame, result: T): T {
   scopeStack.pop();
   const keep = new Set<Tensor>();
   collectTensors(result, keep);
-  // Newest first: the pool hands buffers out last-in first-out, so releasing in reverse
-  // creation order puts them back as they were, and a repeated forward gets the same buffers
-  // (and finds its bind groups cached: Device.cachedBindGroup).
+  // Newest first, the reverse of how they were made (the pool hands out its oldest free
+  // buffer whatever the release order: Device.poolInsert).
   const ts = [...frame];
   for (let i = ts.length - 1; i >= 0; i--) {
     const t = ts[i]!;
