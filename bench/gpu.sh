@@ -63,11 +63,12 @@ B="$TSX bench/index.ts"
 if [ "${1:-}" = segment ]; then
   # Where a warm segmentation's time goes: the UNet's JS recording beside its GPU time, and
   # the self-attention propagation on the GPU against the host (ELBO_SELF_HOST=1).
+  step record 60 $B record
   step unet 60 $B unet --runs 5
   step segment 90 $B segment --runs 2
   step segment-self-host 90 env ELBO_SELF_HOST=1 $B segment --runs 2
   step tests 40 node_modules/.bin/vitest run test/device.test.ts
-  for f in unet segment segment-self-host tests; do
+  for f in record unet segment segment-self-host tests; do
     [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^(elbo ([3-9]|[1-9][0-9])|collect [0-9])|Warning" "$OUT/$f.log" | grep -vE "^ +(✓|→)" | head -30; }
   done
   for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log

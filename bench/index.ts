@@ -6,6 +6,7 @@
 //   segment                     one whole segmentation of a 512x512 image, two classes
 //   ab                          the 'gpu' variant's kernel choices side by side (for a GPU)
 //   cpu-ab                      the 'cpu' variant's switches side by side, alternated (lavapipe)
+//   record                      the host's cost of recording one UNet forward (submits off)
 //   compile --record F | --replay F [--sync] [--what unet|segment]
 //                               pipeline compile time: where it goes, and compiling in parallel
 // options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --profile-shapes N (the
@@ -68,12 +69,18 @@ async function main(): Promise<void> {
       dev.destroy();
       return;
     }
+    if (what === 'record') {
+      const { benchRecord } = await import('./record.js');
+      await benchRecord(dev, o, json);
+      dev.destroy();
+      return;
+    }
     if (what === 'unet') m = await benchUnet(dev, o);
     else if (what === 'text') m = await benchText(dev, o);
     else if (what === 'vae' || what === 'segment') {
       const mod = await import('./segment.js');
       m = what === 'vae' ? await mod.benchVae(dev, o) : await mod.benchSegment(dev, o);
-    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab, compile)`);
+    } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab, compile, record)`);
     const runs = m.run_seconds && m.run_seconds.length > 1 ? m.run_seconds : undefined;
     if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1), run_seconds: m.run_seconds?.map((x) => round(x, 3)) }));
     else {

@@ -187,6 +187,15 @@ describe('device', () => {
     const z = Tensor.zeros(dev, [4]);
     dev.dispatch({ label: 'bind cache', pipeline: pipe, uniforms: uniforms([['u', 1], ['f', 1]]), bindings: [z.binding()], workgroups: [1] });
     expect(Array.from(await z.toArray())).toEqual([0, 1, 0, 0]);
+    // skipSubmit (bench -- record): recorded work is dropped, not run.
+    dev.skipSubmit = true;
+    try {
+      dev.dispatch({ label: 'bind cache', pipeline: pipe, uniforms: uniforms([['u', 2], ['f', 5]]), bindings: [z.binding()], workgroups: [1] });
+      dev.flush();
+    } finally {
+      dev.skipSubmit = false;
+    }
+    expect(Array.from(await z.toArray())).toEqual([0, 1, 0, 0]);
     z.release();
   });
 

@@ -155,6 +155,9 @@ export class Device {
   liveBytes = 0;
   peakLiveBytes = 0;
   dispatchCount = 0;
+  /** Benchmark hook (bench -- record): finished command buffers are dropped, not submitted,
+   *  so only the host's cost of recording is measured. Results are garbage meanwhile. */
+  skipSubmit = false;
   /** Dispatches that found their bind group cached / had to create it (bindCache). */
   bindGroupHits = 0;
   bindGroupMisses = 0;
@@ -663,7 +666,7 @@ export class Device {
     this.profiler?.beforeFinish(this.encoder);
     const cmd = this.encoder.finish();
     this.encoder = null;
-    this.gpu.queue.submit([cmd]);
+    if (!this.skipSubmit) this.gpu.queue.submit([cmd]);
     this.submitCount++;
     this.batchLabels = [];
     this.throwPendingError();

@@ -1,0 +1,56 @@
+// `npm run bench -- record [--dtype f16] [--batch N]`: the host's cost of recording one SD 1.5
+// UNet forward (bind groups, uniforms, the kernels' own JS, Dawn's encoding), with submits
+// switched off (Device.skipSubmit) so the GPU's time is out of the figure. On a fast GPU this
+// is what a forward costs (H100, 2026-11-27: 731 dispatches recorded in 88 ms of a 100 ms
+// forward). Bind-group cache on and off (bindCache.enabled), alternated in one process.
+// ELBO_KERNELS=gpu records the 'gpu' kernels on any adapter.
+import { Tensor, bindCache, scope, type Device } from '../src/tensor/index.js';
+import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
+import { RandomWeights } from '../src/models/weights.js';
+import { SD15_UNET, type ModelBenchOptions } from './models.js';
+
+export async function benchRecord(dev: Device, o: ModelBenchOptions, json: boolean): Promise<void> {
+  const config = parseUNetConfig(SD15_UNET as Record<string, unknown>, 'SD 1.5 unet config');
+  const unet = UNet2DConditionModel.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: o.dtype }));
+  const B = o.batch;
+  const sample = Tensor.fromArray(dev, new Float32Array(B * 4 * 64 * 64).fill(0.1), [B, 4, 64, 64]);
+  const ctx = Tensor.fromArray(dev, new Float32Array(B * 77 * 768).fill(0.1), [B, 77, 768]);
+  await dev.sync();
+  const saved = bindCache.enabled;
+  dev.skipSubmit = true;
+  try {
+    const run = (): void => {
+      scope(() => {
+        unet.forward({ sample, timesteps: [500], encoderHiddenStates: ctx });
+      });
+      dev.flush();
+    };
+    // Compiles, JIT warm-up, and the pool and caches settling.
+    for (let i = 0; i < 6; i++) run();
+    const reps = 7;
+    const times = new Map<string, number[]>();
+    let dispatches = 0;
+    for (let round = 0; round < 3; round++) {
+      for (const on of [true, false]) {
+        bindCache.enabled = on;
+        const d0 = dev.dispatchCount;
+        for (let i = 0; i < reps; i++) {
+          const t0 = performance.now();
+          run();
+          const k = on ? 'bind cache on' : 'bind cache off';
+          times.set(k, [...(times.get(k) ?? []), performance.now() - t0]);
+        }
+        dispatches = (dev.dispatchCount - d0) / reps;
+      }
+    }
+    const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+    for (const [k, t] of times) {
+      const ms = med(t);
+      if (json) console.log(JSON.stringify({ op: 'record unet forward', kernels: dev.kind, dtype: o.dtype, batch: B, variant: k, dispatches, ms: Number(ms.toFixed(2)) }));
+      else console.log(`recording one UNet forward (${dev.kind} kernels, ${o.dtype}, batch ${B}, ${dispatches} dispatches), ${k.padEnd(14)}: ${ms.toFixed(1).padStart(6)} ms, ${((1000 * ms) / dispatches).toFixed(1)} us per dispatch`);
+    }
+  } finally {
+    dev.skipSubmit = false;
+    bindCache.enabled = saved;
+  }
+}
