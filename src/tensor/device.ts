@@ -278,7 +278,8 @@ export class Device {
 
   /** Returns a cached compute pipeline; `key` identifies shader + specialisation. */
   pipeline(key: string, code: string | (() => string), entryPoint = 'main', constants?: Record<string, number>): GPUComputePipeline {
-    const cacheKey = pipelineCacheKey({ key, entryPoint, constants });
+    // The hot path of every dispatch: no object built for the common no-constants case.
+    const cacheKey = constants ? pipelineCacheKey({ key, entryPoint, constants }) : `${key}|${entryPoint}`;
     let p = this.pipelines.get(cacheKey);
     if (p) return p;
     this.checkAlive(`pipeline ${key}`);
