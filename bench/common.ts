@@ -113,16 +113,7 @@ export function row(op: string, shape: string, flops: number, t: Map<string, num
   console.log(`${op.padEnd(10)} ${shape.padEnd(30)} ${cells.join(' | ')}`);
 }
 
-/** One line on the pipelines compiled since compile-log entry `from`: count, host seconds in
- *  source generation, createShaderModule and createComputePipeline, and the slowest few. */
+/** One line on the pipelines compiled since compile-log entry `from` (Device.compileSummary). */
 export function compileSummary(dev: Device, from = 0, slowest = 0): string {
-  const log = dev.compileLog.slice(from);
-  const sum = (f: (c: (typeof log)[number]) => number): number => log.reduce((a, c) => a + f(c), 0) / 1000;
-  let s = `${log.length} pipelines compiled in ${sum((c) => c.generateMs + c.moduleMs + c.pipelineMs).toFixed(2)} s ` +
-    `(source ${sum((c) => c.generateMs).toFixed(2)}, modules ${sum((c) => c.moduleMs).toFixed(2)}, pipelines ${sum((c) => c.pipelineMs).toFixed(2)})`;
-  if (slowest > 0) {
-    const top = [...log].sort((a, b) => b.moduleMs + b.pipelineMs - (a.moduleMs + a.pipelineMs)).slice(0, slowest);
-    for (const c of top) s += `\n  ${(c.moduleMs + c.pipelineMs).toFixed(0).padStart(6)} ms  ${(c.code.length / 1024).toFixed(0).padStart(4)} KB  ${c.key}`;
-  }
-  return s;
+  return dev.compileSummary(from, slowest);
 }

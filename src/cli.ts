@@ -59,7 +59,11 @@ const isMain = process.argv[1] !== undefined && fileURLToPath(import.meta.url) =
 const viaBin = process.argv[1]?.endsWith('elbo-t2ialign.js') || process.argv[1]?.endsWith('elbo-t2ialign');
 if (isMain || viaBin) {
   const code = await main(process.argv.slice(2));
+  // ELBO_COMPILE_LOG=1: where a run's pipeline compile time went (a first run on a GPU with
+  // a cold driver cache, or lavapipe's big unrolled kernels).
+  const dev = await Device.peek();
+  if (process.env.ELBO_COMPILE_LOG === '1' && dev) console.error(dev.compileSummary(0, 10));
   // Release the GPU device so the process exits promptly and cleanly.
-  (await Device.peek())?.destroy();
+  dev?.destroy();
   process.exitCode = code;
 }

@@ -308,6 +308,18 @@ export class Device {
     return this.compiles;
   }
 
+  /** One line on the pipelines compiled since compile-log entry `from`: count, host seconds in
+   *  source generation, createShaderModule and createComputePipeline; then the `slowest` few. */
+  compileSummary(from = 0, slowest = 0): string {
+    const log = this.compiles.slice(from);
+    const sum = (f: (c: PipelineCompile) => number): number => log.reduce((a, c) => a + f(c), 0) / 1000;
+    let s = `${log.length} pipelines compiled in ${sum((c) => c.generateMs + c.moduleMs + c.pipelineMs).toFixed(2)} s ` +
+      `(source ${sum((c) => c.generateMs).toFixed(2)}, modules ${sum((c) => c.moduleMs).toFixed(2)}, pipelines ${sum((c) => c.pipelineMs).toFixed(2)})`;
+    const top = [...log].sort((a, b) => b.moduleMs + b.pipelineMs - (a.moduleMs + a.pipelineMs)).slice(0, slowest);
+    for (const c of top) s += `\n  ${(c.moduleMs + c.pipelineMs).toFixed(0).padStart(6)} ms  ${(c.code.length / 1024).toFixed(0).padStart(4)} KB  ${c.key}`;
+    return s;
+  }
+
   /**
    * Compiles the given pipelines with createComputePipelineAsync, all in flight at once, so a
    * driver that compiles on worker threads does them in parallel; later `pipeline()` calls
