@@ -536,7 +536,8 @@ export class Device {
 
   private uniformSlot(bytes: Uint8Array): UniformSlot {
     const words = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
-    const key = String.fromCharCode.apply(null, words as unknown as number[]) + (bytes.byteLength & 1 ? String(bytes[bytes.byteLength - 1]) : '');
+    // The length first, so that no two byte strings share a key (an odd last byte included).
+    const key = String.fromCharCode(bytes.byteLength) + String.fromCharCode.apply(null, words as unknown as number[]) + (bytes.byteLength & 1 ? String.fromCharCode(bytes[bytes.byteLength - 1]!) : '');
     let slot = this.uniformSlots.get(key);
     if (slot) return slot;
     if (this.uniformSlots.size >= bindCache.maxUniformSlots) {
