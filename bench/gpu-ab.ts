@@ -82,6 +82,12 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
       const pr = probs ? Tensor.zeros(dev, [nq, nk]) : undefined;
       const fn = (): void => scope(() => void attention(q, k, v, H, { variant: 'gpu', probsOut: pr }));
       row('attention', `${nq}x${nk} H8 d${d}${probs ? ' +probs' : ''}`, 4 * H * nq * nk * d, await alternate(dev, attnChoices, fn, reps, rounds), json);
+      if (probs) {
+        // The head-mean probabilities' kernel: the 'gpu' one against lavapipe's (gpuProbs).
+        const probsChoices: Choices = { 'probs gpu': () => void (attentionTuning.gpuProbs = true), 'probs cpu': () => void (attentionTuning.gpuProbs = false) };
+        row('attention', `${nq}x${nk} H8 d${d} +probs (v2)`, 4 * H * nq * nk * d, await alternate(dev, probsChoices, fn, reps, rounds), json);
+        attentionTuning.gpuProbs = true;
+      }
       for (const t of [q, k, v, pr]) t?.release();
     }
     setAttn(attnDefault);

@@ -13,6 +13,7 @@ describe('doctor', () => {
     expect(text.out).toContain(`maxStorageBufferBindingSize          ${dev.limits.maxStorageBufferBindingSize}`);
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
     expect(text.out).toMatch(/'cpu' kernels.*f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\)/);
+    expect(text.out).toMatch(/'gpu' kernels.*heads wider than 160 by GEMM \(ELBO_GPU_ATTN_WIDE\), head-mean probs by the gpu kernel \(ELBO_GPU_PROBS\)/);
 
     winogradTuning.f16U = false;
     try {

@@ -21,6 +21,8 @@ export async function runDoctor(args: string[]): Promise<number> {
     winograd: gpuGemmTuning.winograd,
     attention: attentionTuning.gpuKernel,
     attentionV2: { R: attentionTuning.gpuV2.R, WG: attentionTuning.gpuV2.WG, KB: attentionTuning.gpuV2.KB },
+    attentionWideByGemmAbove: attentionTuning.gpuWideByGemmAbove,
+    attentionProbs: attentionTuning.gpuProbs ? 'gpu' : 'cpu',
   };
   // Within the 'cpu' variant: the lavapipe choices (docs/KERNELS.md), each with its switch.
   const on = (b: boolean): string => (b ? 'on' : 'off');
@@ -57,7 +59,11 @@ export async function runDoctor(args: string[]): Promise<number> {
   for (const [k, v] of Object.entries(kernels)) console.log(`  ${k.padEnd(12)} ${v.inUse.padEnd(8)} / ${v.available.join(', ')}`);
   const g = gpuKernels;
   const a2 = g.attention === 'v2' ? ` (${g.attentionV2.R} row per invocation, ${g.attentionV2.WG} invocations)` : '';
-  console.log(`'gpu' kernels${dev.kind === 'gpu' ? '' : ' (when asked for)'}: GEMM ${g.gemm}, Winograd ${g.winograd}, attention ${g.attention}${a2}`);
+  const wide = Number.isFinite(g.attentionWideByGemmAbove) ? `, heads wider than ${g.attentionWideByGemmAbove} by GEMM (ELBO_GPU_ATTN_WIDE)` : '';
+  console.log(
+    `'gpu' kernels${dev.kind === 'gpu' ? '' : ' (when asked for)'}: GEMM ${g.gemm}, Winograd ${g.winograd}, attention ${g.attention}${a2}${wide}, ` +
+      `head-mean probs by the ${g.attentionProbs} kernel (ELBO_GPU_PROBS)`,
+  );
   const c = cpuKernels;
   console.log(
     `'cpu' kernels${dev.kind === 'cpu' ? '' : ' (when asked for)'}: matmul a from a texture ${on(c.matmulATexture)} (ELBO_MATMUL_ATEX), tile ${c.matmulTile}; ` +

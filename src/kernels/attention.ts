@@ -69,6 +69,13 @@ export const attentionTuning = {
   gpuWideByGemmAbove: process.env.ELBO_GPU_ATTN_WIDE === 'fused' ? Infinity : 160,
   /** attentionByGemm: scores of at most this many bytes at once (query rows in chunks). */
   gemmScoreBytes: 256 * 2 ** 20,
+  /**
+   * The 'gpu' variant's head-mean probabilities (probsOut) by attention_probs_gpu.wgsl (64 x
+   * 64 tiles, workgroups of 256); false (ELBO_GPU_PROBS=cpu): lavapipe's kernel, which that
+   * variant used before (workgroups of 8: 0.9 s to compile and ~2.7 ms per 4096-token map on
+   * the H100, docs/GPU.md).
+   */
+  gpuProbs: process.env.ELBO_GPU_PROBS !== 'cpu',
 };
 
 function wideByGemm(d: number, causal: boolean, masked: boolean, probs: boolean): boolean {
@@ -595,14 +602,18 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
     perDispatch = Math.floor(limit / planeBytes);
   }
   const label = `attention probs ${shapeStr(probsOut.shape)} H${a.H}`;
-  const useCpu = a.variant !== 'naive';
+  // The 'gpu' variant's own kernel, or (attentionTuning.gpuProbs off) lavapipe's as before.
+  const useGpu = a.variant === 'gpu' && attentionTuning.gpuProbs;
+  const useCpu = a.variant === 'cpu' || (a.variant === 'gpu' && !useGpu);
   const { R, JB } = attentionTuning.cpuProbs;
   const sg = attentionTuning.subgroups && subgroupsOf8(dev) && R % 8 === 0;
   const vec = a.d % 4 === 0;
   const tex = useCpu && vec && attentionTuning.cpuTextures && textureFits(dev, [a.B, a.Nq, a.HD], [a.B, a.Nk, a.HD]);
-  const pipe = useCpu
-    ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}${tex ? ' tex' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, vec, sg, 40, false, tex))
-    : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
+  const pipe = useGpu
+    ? dev.pipeline('attention_probs_gpu', () => loadShader('attention_probs_gpu'))
+    : useCpu
+      ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}${tex ? ' tex' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, vec, sg, 40, false, tex))
+      : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
   // q and k as (HD / 4, N, B) textures: the forward kernel's when it packed them.
   const own = tex && !packed;
   const texs = !tex ? [] : packed ? packed.slice(0, 2) : [q, k].map((t) => packRows(dev, t, `${label} pack`, 'attention'));
@@ -610,9 +621,10 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
     const views = texs.map(textureBinding);
     for (let p0 = 0; p0 < planes; p0 += perDispatch) {
       const n = Math.min(perDispatch, planes - p0);
-      const nRB = Math.ceil(a.Nq / R);
-      const nKB = Math.ceil(a.Nk / (8 * JB));
-      const wg = useCpu ? grid1d(n * nRB * nKB) : grid1d(Math.ceil((n * a.Nq * a.Nk) / 64));
+      // Tiles of R rows x 8 JB keys (cpu), 64 x 64 (gpu); the naive kernel takes one element each.
+      const nRB = Math.ceil(a.Nq / (useGpu ? 64 : R));
+      const nKB = Math.ceil(a.Nk / (useGpu ? 64 : 8 * JB));
+      const wg = useGpu || useCpu ? grid1d(n * nRB * nKB) : grid1d(Math.ceil((n * a.Nq * a.Nk) / 64));
       const u = uniforms([
         ['u', a.B], ['u', a.Nq], ['u', a.Nk], ['u', a.H],
         ['u', a.d], ['u', a.HD], ['u', a.causal ? 1 : 0], ['u', a.hasMask ? 1 : 0],
