@@ -6,18 +6,7 @@
 // forward pass stored, so the per-head probabilities never exist. The body is generated
 // (unrolled) by src/kernels/attention.ts, as for attention_cpu.wgsl.
 // Template: ELEM, LOADERS (ldq / ldk), BODY.
-struct P {
-  B: u32, Nq: u32, Nk: u32, H: u32,
-  d: u32, HD: u32, causal: u32, hasMask: u32,
-  sumBatch: u32, nx: u32, bOut0: u32, nOut: u32,
-  scale2: f32, invH: f32, nRB: u32, nKB: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> qb: array<{{ELEM}}>;
-@group(0) @binding(2) var<storage, read> kb: array<{{ELEM}}>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
-@group(0) @binding(4) var<storage, read> stats: array<f32>;
-@group(0) @binding(5) var<storage, read_write> probs: array<f32>;
+//#include attention_probs_common
 
 {{LOADERS}}
 
@@ -25,14 +14,12 @@ struct P {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let w = wid.x + wid.y * p.nx;
   if (w >= p.nOut * p.nRB * p.nKB) { return; }
-  let kbk = w % p.nKB;
-  let rb = (w / p.nKB) % p.nRB;
-  let pl = w / (p.nKB * p.nRB);
-  let plane = p.bOut0 + pl;
-  var b0 = plane;
-  var b1 = plane + 1u;
-  if (p.sumBatch != 0u) { b0 = 0u; b1 = p.B; }
-  let i0 = rb * {{R}}u;
+  let tile = probsTile(w);
+  let kbk = tile.kb;
+  let pl = tile.pl;
+  let b0 = tile.b0;
+  let b1 = tile.b1;
+  let i0 = tile.rb * {{R}}u;
   let j0 = kbk * 8u * {{JB}}u + t;
   // Causal: blocks entirely above the diagonal hold nothing.
   if (p.causal != 0u && kbk * 8u * {{JB}}u > i0 + {{R}}u - 1u) { return; }

@@ -7,20 +7,9 @@
 // pass stored, exponentiated, and summed over heads (and batches, when summing over them)
 // in registers before one read-modify-write of probs. Masked keys and, when causal, keys
 // after the query get 0; a query whose sum is 0 (every key masked) gets 0.
-// Same parameters and bindings as attention_probs_cpu.wgsl, with nRB / nKB counting tiles
-// of 64 rows / 64 keys.
-struct P {
-  B: u32, Nq: u32, Nk: u32, H: u32,
-  d: u32, HD: u32, causal: u32, hasMask: u32,
-  sumBatch: u32, nx: u32, bOut0: u32, nOut: u32,
-  scale2: f32, invH: f32, nRB: u32, nKB: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> qb: array<f32>;
-@group(0) @binding(2) var<storage, read> kb: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
-@group(0) @binding(4) var<storage, read> stats: array<f32>;
-@group(0) @binding(5) var<storage, read_write> probs: array<f32>;
+// Parameters and bindings: attention_probs_common.wgsl (nRB / nKB count tiles of 64 rows /
+// 64 keys here). Template: ELEM (f32).
+//#include attention_probs_common
 
 const T = 64u;  // rows and keys per tile
 const C = 16u;  // channels per slice
@@ -33,20 +22,15 @@ var<workgroup> keepKey: array<f32, 64>;  // 1 / 0: the tile's keys under this ba
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let w = wid.x + wid.y * p.nx;
   if (w >= p.nOut * p.nRB * p.nKB) { return; }
-  let kbk = w % p.nKB;
-  let rb = (w / p.nKB) % p.nRB;
-  let pl = w / (p.nKB * p.nRB);
-  let plane = p.bOut0 + pl;
-  var b0 = plane;
-  var b1 = plane + 1u;
-  if (p.sumBatch != 0u) { b0 = 0u; b1 = p.B; }
-  let i0 = rb * T;
-  let j0 = kbk * T;
+  let tile = probsTile(w);
+  let pl = tile.pl;
+  let i0 = tile.rb * T;
+  let j0 = tile.kb * T;
   // Causal: a tile entirely above the diagonal holds nothing.
   if (p.causal != 0u && j0 > i0 + T - 1u) { return; }
 
   var a = array<array<f32, 4>, 4>();
-  for (var b = b0; b < b1; b++) {
+  for (var b = tile.b0; b < tile.b1; b++) {
     workgroupBarrier();  // the last head's readers of keepKey are done
     if (li < T) {
       let j = min(j0 + li, p.Nk - 1u);

@@ -610,7 +610,7 @@ function accumulateProbs(dev: Device, q: Tensor, k: Tensor, maskBinding: ReturnT
   const vec = a.d % 4 === 0;
   const tex = useCpu && vec && attentionTuning.cpuTextures && textureFits(dev, [a.B, a.Nq, a.HD], [a.B, a.Nk, a.HD]);
   const pipe = useGpu
-    ? dev.pipeline('attention_probs_gpu', () => loadShader('attention_probs_gpu'))
+    ? dev.pipeline('attention_probs_gpu', () => buildShader('attention_probs_gpu', {}, { ELEM: 'f32' }, { unroll: false }))
     : useCpu
       ? dev.pipeline(`attention_probs_cpu R${R} JB${JB} ${vec ? 'vec4' : 'f32'}${sg ? ' sg' : ''}${tex ? ' tex' : ''}`, () => cpuShader('attention_probs_cpu', R, JB, vec, sg, 40, false, tex))
       : dev.pipeline('attention_probs_naive', () => loadShader('attention_probs_naive'));
