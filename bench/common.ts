@@ -112,8 +112,3 @@ export function row(op: string, shape: string, flops: number, t: Map<string, num
   const cells = [...t].map(([k, ms]) => `${k} ${ms.toFixed(3).padStart(7)} ms ${rate(ms)} ${unit} x${(first / ms).toFixed(2)}`);
   console.log(`${op.padEnd(10)} ${shape.padEnd(30)} ${cells.join(' | ')}`);
 }
-
-/** One line on the pipelines compiled since compile-log entry `from` (Device.compileSummary). */
-export function compileSummary(dev: Device, from = 0, slowest = 0): string {
-  return dev.compileSummary(from, slowest);
-}

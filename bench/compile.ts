@@ -8,7 +8,6 @@
 // (NVIDIA: __GL_SHADER_DISK_CACHE=0), so each step compiles for real.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Device, PipelineSpec } from '../src/tensor/index.js';
-import { compileSummary } from './common.js';
 import { benchUnet, type ModelBenchOptions } from './models.js';
 
 export async function benchCompile(dev: Device, o: ModelBenchOptions, args: { record?: string; replay?: string; sync: boolean; what: string }): Promise<void> {
@@ -29,11 +28,11 @@ export async function benchCompile(dev: Device, o: ModelBenchOptions, args: { re
     console.log(`${specs.length} pipelines compiled ${args.sync ? 'one by one (createComputePipeline)' : 'all at once (createComputePipelineAsync)'}: ${((performance.now() - t0) / 1000).toFixed(2)} s`);
     const before = dev.compileLog.length;
     await runModel();
-    console.log(`compiled during the run: ${compileSummary(dev, before)}`);
+    console.log(`compiled during the run: ${dev.compileSummary(before)}`);
     return;
   }
   await runModel();
-  console.log(compileSummary(dev, 0, 15));
+  console.log(dev.compileSummary(0, 15));
   if (args.record) {
     const specs: PipelineSpec[] = dev.compileLog.map(({ key, entryPoint, constants, code }) => (constants ? { key, entryPoint, constants, code } : { key, entryPoint, code }));
     writeFileSync(`${args.record}.tmp`, JSON.stringify(specs));

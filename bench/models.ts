@@ -5,7 +5,6 @@ import { Device, Tensor, scope } from '../src/tensor/index.js';
 import { ClipTextModel, parseClipTextConfig } from '../src/models/clip.js';
 import { UNet2DConditionModel, parseUNetConfig, type UNetConfig } from '../src/models/unet.js';
 import { RandomWeights } from '../src/models/weights.js';
-import { compileSummary } from './common.js';
 
 export interface ModelMeasurement {
   model: string;
@@ -194,7 +193,7 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
     const tw = performance.now();
     run(); // warm-up: pipeline compiles
     await dev.sync();
-    if (!process.argv.includes('--json')) console.error(`first forward (pipeline compiles included): ${((performance.now() - tw) / 1000).toFixed(2)} s; ${compileSummary(dev)}`);
+    if (!process.argv.includes('--json')) console.error(`first forward (pipeline compiles included): ${((performance.now() - tw) / 1000).toFixed(2)} s; ${dev.compileSummary()}`);
   }
   dev.resetPeak();
   if (o.profile) await printProfile(dev, 'one UNet forward', run, o.profileShapes ?? 0);

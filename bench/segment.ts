@@ -10,7 +10,6 @@ import { CLIPTokenizer } from '../src/models/tokenizer.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
 import { RandomWeights } from '../src/models/weights.js';
-import { compileSummary } from './common.js';
 import { CLIP_L_TEXT, SD15_UNET, printProfile, timeIt, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
 
 /** SD 1.5's vae/config.json. */
@@ -130,7 +129,7 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     seconds = (performance.now() - t0) / 1000;
     if (process.stderr.isTTY) process.stderr.write('\n');
     if (o.runs > 1) process.stderr.write(`run ${r + 1}/${o.runs}: ${seconds.toFixed(2)} s\n`);
-    if (r === 0) process.stderr.write(`first run: ${compileSummary(dev)}\n`);
+    if (r === 0) process.stderr.write(`first run: ${dev.compileSummary()}\n`);
     process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s\n`);
   }
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);

@@ -5,7 +5,6 @@ import { preprocessForVae, type ImageRGB } from '../io/image.js';
 import { AttentionStore } from '../models/attentionStore.js';
 import type { DiffusionPipeline } from '../models/pipeline.js';
 import { Tensor, scope, type Device } from '../tensor/index.js';
-import { mulScalar } from '../kernels/elementwise.js';
 import { gemv } from '../kernels/matmul.js';
 import {
   aggregateCross,
@@ -336,13 +335,11 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
       ? tempered.map((t) => applySelf(selfLayers, sw, t))
       : await applySelfMany(selfMeta, sw, tempered, async (jobs) => {
           const outs = jobs.map((j) =>
-            scope(() => {
-              const t = Tensor.fromArray(dev, Float32Array.from(j.t), [1, j.t.length]);
-              return mulScalar(gemv(t, store.self[j.layer]!.sum), inv);
-            }),
+            scope(() => gemv(Tensor.fromArray(dev, Float32Array.from(j.t), [1, j.t.length]), store.self[j.layer]!.sum)),
           );
           try {
-            return await Promise.all(outs.map(async (o) => Float64Array.from(await o.toArray())));
+            // The maps are sums over the collect steps: their mean is inv times that.
+            return await Promise.all(outs.map(async (o) => Float64Array.from(await o.toArray(), (x) => x * inv)));
           } finally {
             for (const o of outs) o.release();
           }

@@ -343,8 +343,6 @@ export class Device {
         } catch (err) {
           const first = await moduleError;
           throw new GpuError(`precompile: pipeline "${e.key}": ${(first ?? (err as Error)).message}`);
-        } finally {
-          await moduleError;
         }
       }),
     );

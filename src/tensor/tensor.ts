@@ -66,11 +66,9 @@ function closeScope<T>(frame: ScopeFrame, result: T): T {
   scopeStack.pop();
   const keep = new Set<Tensor>();
   collectTensors(result, keep);
-  // Newest first, the reverse of how they were made (the pool hands out its oldest free
-  // buffer whatever the release order: Device.poolInsert).
-  const ts = [...frame];
-  for (let i = ts.length - 1; i >= 0; i--) {
-    const t = ts[i]!;
+  // Release order does not matter to reuse: the pool hands out its oldest free buffer
+  // (Device.poolInsert).
+  for (const t of frame) {
     if (keep.has(t)) track(t);
     else if (!t.released) t.release();
   }
