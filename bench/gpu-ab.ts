@@ -17,6 +17,9 @@ type Kernel = 'v1' | 'v2';
 export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: number; rounds?: number } = {}): Promise<void> {
   const reps = opts.reps ?? Number(process.env.AB_REPS ?? 10);
   const rounds = opts.rounds ?? Number(process.env.AB_ROUNDS ?? 5);
+  // AB_ONLY=attention,unet (any of conv, linear, attention, unet) runs just those sections.
+  const only = process.env.AB_ONLY?.split(',');
+  const runs = (section: string): boolean => !only || only.includes(section);
   const gemmDefault = { ...gpuGemmTuning };
   const setAttn = (k: Kernel): void => {
     attentionTuning.gpuKernel = k;
@@ -47,7 +50,7 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
       [320, 320, 64, 3], [640, 320, 64, 3], [640, 640, 64, 3], [640, 640, 32, 3], [1920, 640, 32, 3],
       [1280, 1280, 16, 3], [2560, 1280, 16, 3], [1280, 1280, 8, 3], [2560, 1280, 8, 3], [960, 320, 64, 1], [2560, 1280, 8, 1],
     ];
-    for (const [ci, co, side, k] of convs) {
+    for (const [ci, co, side, k] of runs('conv') ? convs : []) {
       const x = Tensor.fromArray(dev, rand(ci * side * side, 1, 1), [1, ci, side, side]);
       const w = Tensor.fromArray(dev, rand(co * ci * k * k, 2, 0.05), [co, ci, k, k]);
       const bias = Tensor.fromArray(dev, rand(co, 3, 0.1), [co]);
@@ -60,7 +63,7 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
     const linears: [rows: number, kin: number, kout: number][] = [
       [4096, 320, 320], [4096, 320, 2560], [4096, 1280, 320], [1024, 640, 640], [1024, 640, 5120], [256, 1280, 1280], [64, 1280, 1280], [77, 768, 1280],
     ];
-    for (const [rows, kin, kout] of linears) {
+    for (const [rows, kin, kout] of runs('linear') ? linears : []) {
       const x = Tensor.fromArray(dev, rand(rows * kin, 4, 1), [rows, kin]);
       const w = Tensor.fromArray(dev, rand(kout * kin, 5, 0.05), [kout, kin]);
       const fn = (): void => scope(() => void linear(x, w, undefined, { variant: 'gpu' }));
@@ -74,7 +77,7 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
       [4096, 4096, 40, false], [4096, 4096, 40, true], [1024, 1024, 80, false], [256, 256, 160, false], [64, 64, 160, false],
       [4096, 77, 40, false], [4096, 77, 40, true], [1024, 77, 80, false], [256, 77, 160, false],
     ];
-    for (const [nq, nk, d, probs] of attns) {
+    for (const [nq, nk, d, probs] of runs('attention') ? attns : []) {
       const H = 8;
       const q = Tensor.fromArray(dev, rand(nq * H * d, 6, 1), [1, nq, H * d]);
       const k = Tensor.fromArray(dev, rand(nk * H * d, 7, 1), [1, nk, H * d]);
@@ -92,6 +95,7 @@ export async function benchGpuAb(dev: Device, json: boolean, opts: { reps?: numb
     }
     setAttn(attnDefault);
 
+    if (!runs('unet')) return;
     // The whole UNet forward under each combination.
     const config = parseUNetConfig(SD15_UNET as Record<string, unknown>, 'sd15 unet config');
     const unet = UNet2DConditionModel.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }));

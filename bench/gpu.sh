@@ -4,8 +4,9 @@
 # model figures and the demo, as on the CPU adapter. A few minutes on an H100.
 #   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
-#   bash bench/gpu.sh segment     a warm segmentation's time: JS recording, self-attention
-#                                 propagation on the GPU vs the host
+#   bash bench/gpu.sh segment [ab]  a warm segmentation's time: JS recording, self-attention
+#                                 propagation on the GPU vs the host; with ab, the attention
+#                                 kernels side by side (bench -- ab, AB_ONLY=attention)
 #   bash bench/gpu.sh compile [tests|attention|sync]   where the first run's time goes
 #                                 (pipeline compiles, bench -- compile), with and without the
 #                                 driver's disk cache, a segmentation run twice in one process,
@@ -67,8 +68,9 @@ if [ "${1:-}" = segment ]; then
   step unet 60 $B unet --runs 5
   step segment 90 $B segment --runs 2
   step segment-self-host 90 env ELBO_SELF_HOST=1 $B segment --runs 2
+  [ "${2:-}" = ab ] && step ab-attention 90 env AB_ONLY=attention AB_ROUNDS=3 $B ab
   step tests 40 node_modules/.bin/vitest run test/device.test.ts
-  for f in record unet segment segment-self-host tests; do
+  for f in record unet segment segment-self-host ab-attention tests; do
     [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^(elbo ([3-9]|[1-9][0-9])|collect [0-9])|Warning" "$OUT/$f.log" | grep -vE "^ +(✓|→)" | head -30; }
   done
   for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log
