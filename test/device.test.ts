@@ -147,6 +147,62 @@ describe('device', () => {
     expect(r3.every((b, i) => b === r1[i])).toBe(true);
   });
 
+  it('a full pool evicts the least recently released buffers, after the work naming them is submitted', async () => {
+    const dev = await getDevice();
+    const pipe = dev.pipeline('test-scale', SCALE_WGSL);
+    const saved = dev.poolCap;
+    dev.trimPool();
+    try {
+      dev.poolCap = 3 * 4096;
+      const stale = Tensor.fromArray(dev, Float32Array.from({ length: 2000 }, (_, i) => i), [2000]); // 8192-byte bucket
+      const y = Tensor.empty(dev, [2000]);
+      const scale = (x: Tensor, out: Tensor, n: number): void =>
+        dev.dispatch({ label: 'scale', pipeline: pipe, uniforms: uniforms([['u', n], ['f', 2]]), bindings: [x.binding(), out.binding()], workgroups: [Math.ceil(n / 64)] });
+      scale(stale, y, 2000);
+      stale.release();
+      const [a, b] = [Tensor.zeros(dev, [1000]), Tensor.zeros(dev, [1000])]; // 4096-byte buckets
+      const aBuf = (a.binding() as { buffer: GPUBuffer }).buffer;
+      const c = Tensor.empty(dev, [1000]);
+      scale(a, c, 1000);
+      const [h0, o0] = [dev.bindGroupHits, dev.poolOverflows];
+      a.release();
+      b.release(); // 16384 bytes pooled > 12288: the stale buffer goes, a and b stay
+      expect(dev.poolOverflows - o0).toBe(1);
+      expect(dev.poolBytes).toBe(2 * 4096);
+      // The evicted buffer is destroyed after the submit, so the work that reads it runs.
+      const got = await y.toArray();
+      expect([got[0], got[1], got[1999]]).toEqual([0, 2, 3998]);
+      // The working set keeps its buffers and their cached bind groups.
+      const a2 = Tensor.zeros(dev, [1000]);
+      expect((a2.binding() as { buffer: GPUBuffer }).buffer).toBe(aBuf);
+      scale(a2, c, 1000);
+      expect(dev.bindGroupHits - h0).toBe(1);
+      expect(Array.from((await c.toArray()).subarray(0, 3))).toEqual([0, 0, 0]);
+      for (const t of [y, a2, c]) t.release();
+    } finally {
+      dev.poolCap = saved;
+    }
+  });
+
+  it('zeros clears a reused buffer on the GPU, in order with the recorded work', async () => {
+    const dev = await getDevice();
+    const pipe = dev.pipeline('test-scale', SCALE_WGSL);
+    const x = Tensor.fromArray(dev, new Float32Array(300).fill(3), [300]);
+    const y = Tensor.empty(dev, [300]);
+    dev.dispatch({ label: 'scale', pipeline: pipe, uniforms: uniforms([['u', 300], ['f', 2]]), bindings: [x.binding(), y.binding()], workgroups: [5] });
+    const yBuf = (y.binding() as { buffer: GPUBuffer }).buffer;
+    const before = Array.from((await y.toArray()).subarray(0, 2));
+    y.release();
+    const z = Tensor.zeros(dev, [300]);
+    expect((z.binding() as { buffer: GPUBuffer }).buffer).toBe(yBuf); // the same, dirty buffer
+    const submits = dev.submitCount;
+    const got = await z.toArray();
+    expect(dev.submitCount - submits).toBe(1); // the clear rode along with the readback
+    expect(before).toEqual([6, 6]);
+    expect(got.every((v) => v === 0)).toBe(true);
+    for (const t of [x, z]) t.release();
+  });
+
   it('reuses bind groups for repeated dispatches, with uniforms by content, through cache overflows', async () => {
     const dev = await getDevice();
     const pipe = dev.pipeline('test bind cache', `struct P { a: u32, b: f32 }

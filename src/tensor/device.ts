@@ -133,6 +133,11 @@ export class Device {
   private pool = new Map<number, GPUBuffer[]>();
   private texturePool = new Map<string, GPUTexture[]>();
   private pooledBytes = 0;
+  /** Every pooled buffer and texture, least recently released first (evicted first). */
+  private poolOrder = new Set<GPUBuffer | GPUTexture>();
+  /** Evicted from the pool, destroyed once the work recorded so far is submitted. */
+  private doomed: (GPUBuffer | GPUTexture)[] = [];
+  private doomedBytes = 0;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private passPipeline: GPUComputePipeline | null = null;
@@ -161,6 +166,10 @@ export class Device {
   /** Dispatches that found their bind group cached / had to create it (bindCache). */
   bindGroupHits = 0;
   bindGroupMisses = 0;
+  /** Bytes of free buffers and textures the pool keeps for reuse (tests lower it). */
+  poolCap = MAX_POOLED_BYTES;
+  /** Free buffers and textures evicted from the pool because it was full (poolCap). */
+  poolOverflows = 0;
   submitCount = 0;
 
   private constructor(gpu: GPUDevice, adapter: GPUAdapter) {
@@ -361,6 +370,7 @@ export class Device {
     let buf = list?.pop();
     if (buf) {
       this.pooledBytes -= size;
+      this.poolOrder.delete(buf);
     } else {
       buf = this.gpu.createBuffer({
         label,
@@ -379,16 +389,12 @@ export class Device {
   free(buf: GPUBuffer): void {
     const size = buf.size;
     this.liveBytes -= size;
-    if (this.pooledBytes + size > MAX_POOLED_BYTES) {
-      this.flush();
-      this.forgetBindGroups();
-      buf.destroy();
-      return;
-    }
     let list = this.pool.get(size);
     if (!list) this.pool.set(size, (list = []));
     this.poolInsert(list, buf);
     this.pooledBytes += size;
+    this.poolOrder.add(buf);
+    this.evictPooled();
   }
 
   /**
@@ -407,6 +413,7 @@ export class Device {
     let tex = this.texturePool.get(key)?.pop();
     if (tex) {
       this.pooledBytes -= bytes;
+      this.poolOrder.delete(tex);
     } else {
       tex = this.gpu.createTexture({
         label,
@@ -426,17 +433,46 @@ export class Device {
   freeTexture(tex: GPUTexture): void {
     const bytes = textureBytes(tex.width, tex.height, tex.depthOrArrayLayers);
     this.liveBytes -= bytes;
-    if (this.pooledBytes + bytes > MAX_POOLED_BYTES) {
-      this.flush();
-      this.forgetBindGroups();
-      tex.destroy();
-      return;
-    }
     const key = `${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`;
     let list = this.texturePool.get(key);
     if (!list) this.texturePool.set(key, (list = []));
     this.poolInsert(list, tex);
     this.pooledBytes += bytes;
+    this.poolOrder.add(tex);
+    this.evictPooled();
+  }
+
+  /**
+   * Keeps the free pool within poolCap bytes by evicting the least recently released
+   * buffers and textures (a finished phase's sizes, e.g. the VAE's, go first; the working
+   * set of a repeated UNet forward stays). Evicted ones are destroyed after the next submit,
+   * since recorded work may still use them; their cached bind groups are never hit again
+   * (object ids are not reused) and leave with the cache's own bound.
+   */
+  private evictPooled(): void {
+    if (this.pooledBytes <= this.poolCap) return;
+    for (const o of this.poolOrder) {
+      if (this.pooledBytes <= this.poolCap) break;
+      this.poolOrder.delete(o);
+      const isTex = 'depthOrArrayLayers' in o;
+      const list = isTex ? this.texturePool.get(`${o.width}x${o.height}x${o.depthOrArrayLayers}`) : this.pool.get(o.size);
+      const i = list ? (list as object[]).indexOf(o) : -1;
+      if (i >= 0) list!.splice(i, 1);
+      const bytes = isTex ? textureBytes(o.width, o.height, o.depthOrArrayLayers) : o.size;
+      this.pooledBytes -= bytes;
+      this.doomed.push(o);
+      this.doomedBytes += bytes;
+      this.poolOverflows++;
+    }
+    // Memory waiting for a submit is bounded too.
+    if (this.doomedBytes > this.poolCap) this.flush();
+  }
+
+  /** Destroys what evictPooled set aside; only once no unsubmitted work can name it. */
+  private destroyDoomed(): void {
+    for (const o of this.doomed) o.destroy();
+    this.doomed = [];
+    this.doomedBytes = 0;
   }
 
   /** Destroys every pooled (free) buffer and texture. */
@@ -447,6 +483,7 @@ export class Device {
     for (const list of this.texturePool.values()) for (const t of list) t.destroy();
     this.pool.clear();
     this.texturePool.clear();
+    this.poolOrder.clear();
     this.pooledBytes = 0;
   }
 
@@ -619,14 +656,25 @@ export class Device {
 
   /** Copies bytes between buffers, in order with the recorded dispatches. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
-    this.checkAlive('copy');
+    this.outsidePass('copy').copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Zeroes `bytes` bytes of a buffer from `offset` (both multiples of 4) on the GPU, in order
+   *  with the recorded dispatches: no host data and no flush, unlike a write of zeros. */
+  clear(buffer: GPUBuffer, offset: number, bytes: number): void {
+    this.outsidePass('clear').clearBuffer(buffer, offset, bytes);
+  }
+
+  /** The current encoder with no compute pass open, for a command of its own (`label`). */
+  private outsidePass(label: string): GPUCommandEncoder {
+    this.checkAlive(label);
     if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
     if (this.pass) {
       this.pass.end();
       this.pass = null;
     }
-    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
-    this.batchLabels.push('copy');
+    this.batchLabels.push(label);
+    return this.encoder;
   }
 
   /**
@@ -634,14 +682,7 @@ export class Device {
    * (copyBufferToTexture: bytesPerRow a multiple of 256, offset of the texel size).
    */
   copyToTexture(src: GPUBuffer, offset: number, bytesPerRow: number, rowsPerImage: number, dst: GPUTexture, size: [number, number, number]): void {
-    this.checkAlive('copy to texture');
-    if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
-    if (this.pass) {
-      this.pass.end();
-      this.pass = null;
-    }
-    this.encoder.copyBufferToTexture({ buffer: src, offset, bytesPerRow, rowsPerImage }, { texture: dst }, size);
-    this.batchLabels.push('copy to texture');
+    this.outsidePass('copy to texture').copyBufferToTexture({ buffer: src, offset, bytesPerRow, rowsPerImage }, { texture: dst }, size);
   }
 
   /** Uploads host data. Submits recorded work first, so that work sees the old contents. */
@@ -666,7 +707,10 @@ export class Device {
 
   /** Submits everything recorded so far. */
   flush(): void {
-    if (!this.encoder) return;
+    if (!this.encoder) {
+      this.destroyDoomed();
+      return;
+    }
     if (this.pass) {
       this.pass.end();
       this.pass = null;
@@ -680,6 +724,7 @@ export class Device {
     this.encoder = null;
     if (!this.skipSubmit) this.gpu.queue.submit([cmd]);
     this.submitCount++;
+    this.destroyDoomed();
     this.batchLabels = [];
     this.throwPendingError();
   }

@@ -162,7 +162,7 @@ export class Tensor {
 
   static zeros(device: Device, shape: Shape, dtype: DType = 'f32'): Tensor {
     const t = Tensor.empty(device, shape, dtype);
-    device.write(t.buffer, 0, new Uint8Array(byteSizeOf(numelOf(shape), dtype)));
+    device.clear(t.buffer, 0, byteSizeOf(numelOf(shape), dtype));
     return t;
   }
 
