@@ -4,9 +4,11 @@
 # model figures and the demo, as on the CPU adapter. A few minutes on an H100.
 #   bash bench/gpu.sh             after npm ci; or, on a machine without network, after
 #                                 `bash bench/gpu-pack.sh` here and carrying .gpu-pack along
-#   bash bench/gpu.sh segment [ab]  a warm segmentation's time: JS recording, self-attention
-#                                 propagation on the GPU vs the host; with ab, the attention
-#                                 kernels side by side (bench -- ab, AB_ONLY=attention)
+#   bash bench/gpu.sh segment [ab|self]  a warm segmentation's time and its JS recording,
+#                                 with the ELBO calls pipelined and one at a time
+#                                 (ELBO_IN_FLIGHT=1); ab: the attention kernels side by side
+#                                 (bench -- ab, AB_ONLY=attention); self: the self-attention
+#                                 propagation on the host (ELBO_SELF_HOST=1)
 #   bash bench/gpu.sh compile [tests|attention|sync]   where the first run's time goes
 #                                 (pipeline compiles, bench -- compile), with and without the
 #                                 driver's disk cache, a segmentation run twice in one process,
@@ -62,15 +64,16 @@ fi
 head -30 "$OUT/doctor.log"
 B="$TSX bench/index.ts"
 if [ "${1:-}" = segment ]; then
-  # Where a warm segmentation's time goes: the UNet's JS recording beside its GPU time, and
-  # the self-attention propagation on the GPU against the host (ELBO_SELF_HOST=1).
+  # Where a warm segmentation's time goes: the UNet's JS recording beside its GPU time, the
+  # ELBO calls pipelined against one at a time, and the options above.
   step record 60 $B record
   step unet 60 $B unet --runs 5
-  step segment 90 $B segment --runs 2
-  step segment-self-host 90 env ELBO_SELF_HOST=1 $B segment --runs 2
+  step segment 90 $B segment --runs 3
+  step segment-serial 90 env ELBO_IN_FLIGHT=1 $B segment --runs 3
+  [ "${2:-}" = self ] && step segment-self-host 90 env ELBO_SELF_HOST=1 $B segment --runs 2
   [ "${2:-}" = ab ] && step ab-attention 90 env AB_ONLY=attention AB_ROUNDS=3 $B ab
   step tests 40 node_modules/.bin/vitest run test/device.test.ts
-  for f in record unet segment segment-self-host ab-attention tests; do
+  for f in record unet segment segment-serial segment-self-host ab-attention tests; do
     [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^(elbo ([3-9]|[1-9][0-9])|collect [0-9])|Warning" "$OUT/$f.log" | grep -vE "^ +(✓|→)" | head -30; }
   done
   for f in "$OUT"/*.log; do echo "==== $(basename "$f")"; cat "$f"; done >"$OUT/all.txt" && rm -f "$OUT"/*.log

@@ -81,3 +81,28 @@ describe.each(VARIANTS)('segmentation %s %s', (name, variant) => {
     });
   });
 });
+
+describe('segmentation: ELBO calls in flight', () => {
+  it('one call at a time and four recorded ahead give the same losses, bit for bit', async () => {
+    const pipe = await pipeline('sd21-tiny');
+    const dir = `${PIPELINES['sd21-tiny'].elbo}/defaults-small`;
+    const ref = golden(`${dir}/elbo.safetensors`);
+    const meta = JSON.parse(readFileSync(`${dir}/elbo.json`, 'utf8')) as { config: Record<string, unknown>; classes: { class: string }[] };
+    const config = applyOverrides(defaultConfig(), [`elbo_timesteps=${JSON.stringify(meta.config.elbo_timesteps)}`, `collect_timesteps=${JSON.stringify(meta.config.collect_timesteps)}`]);
+    const image = await readImageRGB('test/fixtures/common/test_image.png');
+    const run = async (elboInFlight: number): Promise<number[][]> => {
+      const r = await segmentImage(pipe, image, meta.classes.map((k) => k.class), {
+        config,
+        noise: { elbo: ref.readF32('elbo_noise'), collect: ref.readF32('collect_noise') },
+        maxBatch: 1,
+        elboInFlight,
+      });
+      return r.classes.map((k) => k.losses);
+    };
+    const serial = await run(1);
+    const ahead = await run(4);
+    expect(serial.flat().length).toBeGreaterThan(4);
+    expect(serial.flat().every(Number.isFinite)).toBe(true);
+    expect(ahead).toEqual(serial);
+  });
+});

@@ -50,6 +50,9 @@ export interface SegmentOptions {
   wantSelfMatrix?: boolean;
   /** Largest UNet batch (classes at one timestep, or collect timesteps). */
   maxBatch?: number;
+  /** ELBO UNet calls recorded ahead of the oldest one's readback (default ELBO_IN_FLIGHT or 2;
+   *  1 runs them one at a time). The results do not depend on it. */
+  elboInFlight?: number;
   /** Reproduce the reference even where it breaks (a zero self_weight row gives NaN masks). */
   referenceExact?: boolean;
   onProgress?: (p: SegmentProgress) => void;
@@ -234,35 +237,55 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
     lossSum.fill(0);
     const total = elboTimesteps.length * K;
     let done = 0;
-    for (let ti = 0; ti < elboTimesteps.length; ti++) {
-      const t = elboTimesteps[ti]!;
-      const a = sched.sqrtAlphasCumprod[t]!;
-      const s = sched.sqrtOneMinusAlphasCumprod[t]!;
-      const zt = new Float32Array(latN);
-      noised(zSource, noise.elbo, ti * latN, a, s, zt, 0);
-      for (let c0 = 0; c0 < K; c0 += maxBatch) {
-        const B = Math.min(maxBatch, K - c0);
-        const batchZ = new Float32Array(B * latN);
-        for (let b = 0; b < B; b++) batchZ.set(zt, b * latN);
-        const out = await scope(() => {
-          const z = Tensor.fromArray(dev, batchZ, [B, C, side, side]);
-          return pipe.unet.forward({ sample: z, timesteps: [t], ...pipe.unetConditioning(embs.slice(c0, c0 + B)) });
-        }).toArrayAndRelease();
-        for (let b = 0; b < B; b++) {
-          const pred = out.subarray(b * latN, (b + 1) * latN);
-          const eps = sched.toEpsilon(pred, zt, t);
-          let acc = 0;
-          for (let i = 0; i < latN; i++) {
-            const d = noise.elbo[ti * latN + i]! - eps[i]!;
-            acc += d * d;
-          }
-          const l = f32(acc / latN);
-          losses[c0 + b]!.push(l);
-          lossSum[c0 + b] = f32(lossSum[c0 + b]! + l);
+    // The UNet calls are independent (the noised latents come from the host), so up to
+    // `depth` of them (opts.elboInFlight) are recorded ahead of the oldest one's readback: on a fast GPU
+    // the host records the next call while the GPU runs this one. Results are taken in
+    // order, so the sums are the same as one call at a time.
+    interface Call { ti: number; t: number; c0: number; B: number; zt: Float32Array; out: Promise<Float32Array> }
+    const inFlight: Call[] = [];
+    const depth = Math.max(1, Math.floor(opts.elboInFlight ?? (Number(process.env.ELBO_IN_FLIGHT) || 2)));
+    const finish = async (call: Call): Promise<void> => {
+      const { ti, t, c0, B, zt } = call;
+      const out = await call.out;
+      for (let b = 0; b < B; b++) {
+        const pred = out.subarray(b * latN, (b + 1) * latN);
+        const eps = sched.toEpsilon(pred, zt, t);
+        let acc = 0;
+        for (let i = 0; i < latN; i++) {
+          const d = noise.elbo[ti * latN + i]! - eps[i]!;
+          acc += d * d;
         }
-        done += B;
-        progress({ phase: 'elbo', done, total, timestep: t });
+        const l = f32(acc / latN);
+        losses[c0 + b]!.push(l);
+        lossSum[c0 + b] = f32(lossSum[c0 + b]! + l);
       }
+      done += B;
+      progress({ phase: 'elbo', done, total, timestep: t });
+    };
+    try {
+      for (let ti = 0; ti < elboTimesteps.length; ti++) {
+        const t = elboTimesteps[ti]!;
+        const a = sched.sqrtAlphasCumprod[t]!;
+        const s = sched.sqrtOneMinusAlphasCumprod[t]!;
+        const zt = new Float32Array(latN);
+        noised(zSource, noise.elbo, ti * latN, a, s, zt, 0);
+        for (let c0 = 0; c0 < K; c0 += maxBatch) {
+          const B = Math.min(maxBatch, K - c0);
+          const batchZ = new Float32Array(B * latN);
+          for (let b = 0; b < B; b++) batchZ.set(zt, b * latN);
+          const out = scope(() => {
+            const z = Tensor.fromArray(dev, batchZ, [B, C, side, side]);
+            return pipe.unet.forward({ sample: z, timesteps: [t], ...pipe.unetConditioning(embs.slice(c0, c0 + B)) });
+          }).toArrayAndRelease();
+          out.catch(() => undefined); // awaited in order below; not an unhandled rejection meanwhile
+          inFlight.push({ ti, t, c0, B, zt, out });
+          if (inFlight.length >= depth) await finish(inFlight.shift()!);
+        }
+      }
+      while (inFlight.length) await finish(inFlight.shift()!);
+    } finally {
+      // After a failure, let the calls already submitted finish before the caller goes on.
+      await Promise.allSettled(inFlight.map((c) => c.out));
     }
     let lo = Infinity;
     let hi = -Infinity;
