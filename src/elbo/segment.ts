@@ -309,6 +309,14 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
   try {
     const emb = pipe.embed(sourceText);
     const nC = collectTimesteps.length;
+    // Each call is recorded while the GPU runs the one before (as the ELBO calls); progress
+    // is reported as each finishes.
+    let prev: { done: Promise<void>; count: number; t: number } | undefined;
+    const finishPrev = async (): Promise<void> => {
+      if (!prev) return;
+      await prev.done;
+      progress({ phase: 'collect', done: prev.count, total: nC, timestep: prev.t });
+    };
     for (let k0 = 0; k0 < nC; k0 += maxBatch) {
       const B = Math.min(maxBatch, nC - k0);
       const batchZ = new Float32Array(B * latN);
@@ -322,9 +330,12 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
         const z = Tensor.fromArray(dev, batchZ, [B, C, side, side]);
         pipe.unet.forward({ sample: z, timesteps: ts, ...pipe.unetConditioning(Array<typeof emb>(B).fill(emb)), store });
       });
-      await dev.sync();
-      progress({ phase: 'collect', done: k0 + B, total: nC, timestep: ts[ts.length - 1] });
+      const done = dev.sync();
+      done.catch(() => undefined); // awaited by finishPrev
+      await finishPrev();
+      prev = { done, count: k0 + B, t: ts[ts.length - 1]! };
     }
+    await finishPrev();
     const inv = 1 / store.steps;
     const gridOf = (l: (typeof store.self)[number]): number => {
       if (l.h !== l.w) throw new Error(`segment: attention layer ${l.name} has a non-square grid ${l.h}x${l.w}; the VAE sample size gives square latents`);
