@@ -12,7 +12,10 @@
 // uniform-address load path): ~3x slower; workgroups of 16 / 64 instead of 8: 5-20% slower;
 // two vec4 per loop iteration: no measurable change. Each vec4 load / store is ~35 x86
 // instructions (a per-lane, per-word bounds-checked sequence), a rolled loop keeps them in
-// the op cache, and straight-line code of that size does not fit it.
+// the op cache, and straight-line code of that size does not fit it. 2026-11-27: the group
+// in registers with one subgroupAdd + barrier per reduction (workgroups of 256-1024, RC vec4
+// per channel per invocation) was 2.2-3.6x slower, and ~2x slower even with the reductions
+// removed (docs/KERNELS.md): large workgroups with unrolled loops are slow on lavapipe.
 struct P {
   items: u32, n: u32, S: u32, Cg: u32,
   G: u32, item0: u32, base: u32, silu: u32,
