@@ -98,19 +98,19 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
   let forwards = 0;
   let dispatches = 0;
   let misses = 0;
-  let overflows = 0;
+  let evictions = 0;
   unet.forward = (...args: Parameters<typeof forward>): ReturnType<typeof forward> => {
     const t = performance.now();
     const d = dev.dispatchCount;
     const m = dev.bindGroupMisses;
-    const o = dev.poolOverflows;
+    const o = dev.poolEvictions;
     try {
       return forward(...args);
     } finally {
       recordMs += performance.now() - t;
       dispatches += dev.dispatchCount - d;
       misses += dev.bindGroupMisses - m;
-      overflows += dev.poolOverflows - o;
+      evictions += dev.poolEvictions - o;
       forwards++;
     }
   };
@@ -120,7 +120,7 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     forwards = 0;
     dispatches = 0;
     misses = 0;
-    overflows = 0;
+    evictions = 0;
     dev.resetPeak();
     const t0 = performance.now();
     let last = '';
@@ -138,7 +138,7 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     if (process.stderr.isTTY) process.stderr.write('\n');
     if (o.runs > 1) process.stderr.write(`run ${r + 1}/${o.runs}: ${seconds.toFixed(2)} s\n`);
     if (r === 0) process.stderr.write(`first run: ${dev.compileSummary()}\n`);
-    process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s; per forward ${Math.round(misses / Math.max(1, forwards))} bind-group misses, ${Math.round(overflows / Math.max(1, forwards))} releases past the pool's cap\n`);
+    process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s; per forward ${Math.round(misses / Math.max(1, forwards))} bind-group misses, ${Math.round(evictions / Math.max(1, forwards))} pool evictions\n`);
   }
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
   const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);

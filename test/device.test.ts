@@ -164,10 +164,10 @@ describe('device', () => {
       const aBuf = (a.binding() as { buffer: GPUBuffer }).buffer;
       const c = Tensor.empty(dev, [1000]);
       scale(a, c, 1000);
-      const [h0, o0] = [dev.bindGroupHits, dev.poolOverflows];
+      const [h0, o0] = [dev.bindGroupHits, dev.poolEvictions];
       a.release();
       b.release(); // 16384 bytes pooled > 12288: the stale buffer goes, a and b stay
-      expect(dev.poolOverflows - o0).toBe(1);
+      expect(dev.poolEvictions - o0).toBe(1);
       expect(dev.poolBytes).toBe(2 * 4096);
       // The evicted buffer is destroyed after the submit, so the work that reads it runs.
       const got = await y.toArray();

@@ -169,7 +169,7 @@ export class Device {
   /** Bytes of free buffers and textures the pool keeps for reuse (tests lower it). */
   poolCap = MAX_POOLED_BYTES;
   /** Free buffers and textures evicted from the pool because it was full (poolCap). */
-  poolOverflows = 0;
+  poolEvictions = 0;
   submitCount = 0;
 
   private constructor(gpu: GPUDevice, adapter: GPUAdapter) {
@@ -462,7 +462,7 @@ export class Device {
       this.pooledBytes -= bytes;
       this.doomed.push(o);
       this.doomedBytes += bytes;
-      this.poolOverflows++;
+      this.poolEvictions++;
     }
     // Memory waiting for a submit is bounded too.
     if (this.doomedBytes > this.poolCap) this.flush();
@@ -755,13 +755,7 @@ export class Device {
     for (let done = 0; done < size; done += chunk) {
       const n = Math.min(chunk, size - done);
       const staging = this.takeStaging(n);
-      if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
-      if (this.pass) {
-        this.pass.end();
-        this.pass = null;
-      }
-      this.encoder.copyBufferToBuffer(buffer, offset + done, staging, 0, n);
-      this.batchLabels.push('read');
+      this.outsidePass('read').copyBufferToBuffer(buffer, offset + done, staging, 0, n);
       this.flush();
       try {
         await staging.mapAsync(GPUMapMode.READ, 0, n);
