@@ -82,13 +82,13 @@ async function main(): Promise<void> {
       m = what === 'vae' ? await mod.benchVae(dev, o) : await mod.benchSegment(dev, o);
     } else throw new Error(`bench: unknown benchmark "${what}" (kernels, unet, text, vae, segment, ab, cpu-ab, compile, record)`);
     const runs = m.run_seconds && m.run_seconds.length > 1 ? m.run_seconds : undefined;
-    if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1), run_seconds: m.run_seconds?.map((x) => round(x, 3)) }));
+    if (json) console.log(JSON.stringify({ ...m, seconds: round(m.seconds, 3), tflops: round(m.tflops, 4), peak_mb: round(m.peak_mb, 1), rss_mb: round(m.rss_mb, 1), peak_rss_mb: round(m.peak_rss_mb, 1), run_seconds: m.run_seconds?.map((x) => round(x, 3)) }));
     else {
       console.log(
         `${m.model} ${m.dtype} batch ${m.batch}: ${m.seconds.toFixed(2)} s` +
           (runs ? ` (median of ${runs.length} runs, ${Math.min(...runs).toFixed(2)}-${Math.max(...runs).toFixed(2)} s)` : '') +
           `, ${(m.tflops * 1000).toFixed(1)} GFLOP/s, ` +
-          `peak GPU (live engine bytes) ${m.peak_mb.toFixed(0)} MB, process RSS ${m.rss_mb.toFixed(0)} MB` +
+          `peak GPU (live engine bytes) ${m.peak_mb.toFixed(0)} MB, process RSS ${m.rss_mb.toFixed(0)} MB (peak ${m.peak_rss_mb.toFixed(0)} MB)` +
           (m.load_seconds !== undefined ? `, weights built in ${m.load_seconds.toFixed(1)} s` : ''),
       );
     }

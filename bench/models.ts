@@ -13,7 +13,9 @@ export interface ModelMeasurement {
   seconds: number;
   tflops: number;
   peak_mb: number;
+  /** Process RSS at the end, and its peak over the process's life so far (weights included). */
   rss_mb: number;
+  peak_rss_mb: number;
   load_seconds?: number;
   /** Each timed run's seconds, in order (seconds is their median): this machine varies. */
   run_seconds?: number[];
@@ -55,8 +57,9 @@ export const SDXL_UNET = {
 /** CLIP ViT-L/14 text tower (SD 1.x text encoder). */
 export const CLIP_L_TEXT = { vocab_size: 49408, hidden_size: 768, intermediate_size: 3072, num_hidden_layers: 12, num_attention_heads: 12, max_position_embeddings: 77, hidden_act: 'quick_gelu' };
 
-function rssMb(): number {
-  return process.memoryUsage().rss / 2 ** 20;
+/** The process's RSS now and its peak so far (getrusage's maxrss), in MiB. */
+export function rss(): { rss_mb: number; peak_rss_mb: number } {
+  return { rss_mb: process.memoryUsage().rss / 2 ** 20, peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
 }
 
 /** FLOPs of one UNet forward per batch item, counted from the config (matmuls, convs, attention). */
@@ -203,7 +206,7 @@ export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<Mode
     console.error(`one forward: ${Math.round((dev.dispatchCount - d0) / o.runs)} dispatches, recorded by JS in ${(record_seconds * 1000).toFixed(1)} ms of its ${(seconds * 1000).toFixed(1)} ms (medians)`);
   }
   const flops = unetFlops(config, side) * B;
-  return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), load_seconds: loadSeconds, run_seconds };
+  return { model: o.config === 'sdxl' ? 'unet-sdxl' : 'unet', dtype: w.matrixDtype, batch: B, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss(), load_seconds: loadSeconds, run_seconds };
 }
 
 export async function benchText(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {
@@ -222,5 +225,5 @@ export async function benchText(dev: Device, o: ModelBenchOptions): Promise<Mode
   const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
   const H = 768;
   const flops = o.batch * 12 * (2 * 77 * (4 * H * H + 2 * H * 3072) + 4 * 77 * 77 * H);
-  return { model: 'text', dtype: w.matrixDtype, batch: o.batch, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: rssMb(), run_seconds };
+  return { model: 'text', dtype: w.matrixDtype, batch: o.batch, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss(), run_seconds };
 }

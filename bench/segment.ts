@@ -10,7 +10,7 @@ import { CLIPTokenizer } from '../src/models/tokenizer.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { AutoencoderKL, parseVaeConfig } from '../src/models/vae.js';
 import { RandomWeights } from '../src/models/weights.js';
-import { CLIP_L_TEXT, SD15_UNET, printProfile, timeIt, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
+import { CLIP_L_TEXT, SD15_UNET, printProfile, rss, timeIt, unetFlops, type ModelBenchOptions, type ModelMeasurement } from './models.js';
 
 /** SD 1.5's vae/config.json. */
 export const SD15_VAE = {
@@ -69,7 +69,7 @@ export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<Model
   dev.resetPeak();
   if (o.profile) await printProfile(dev, 'one VAE encode', run);
   const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
-  return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20, run_seconds };
+  return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss(), run_seconds };
 }
 
 /** One whole segmentation of a 512x512 image with two classes, reference timesteps (20 + 10). */
@@ -142,5 +142,5 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
   }
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
   const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);
-  return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, rss_mb: process.memoryUsage().rss / 2 ** 20 };
+  return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss() };
 }
