@@ -140,6 +140,8 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     if (r === 0) process.stderr.write(`first run: ${dev.compileSummary()}\n`);
     process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s; per forward ${Math.round(misses / Math.max(1, forwards))} bind-group misses, ${Math.round(evictions / Math.max(1, forwards))} pool evictions\n`);
   }
+  // What the process holds besides live tensors: the pool's free buffers (host memory on lavapipe).
+  process.stderr.write(`at the end: ${(dev.liveBytes / 2 ** 20).toFixed(0)} MB live, ${(dev.poolBytes / 2 ** 20).toFixed(0)} MB of free buffers pooled\n`);
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
   const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);
   return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss() };
