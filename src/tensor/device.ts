@@ -408,7 +408,7 @@ export class Device {
     if (width > maxDim || height > maxDim || layers > this.limits.maxTextureArrayLayers) {
       throw new GpuError(`${label}: a ${width}x${height}x${layers} texture exceeds the adapter's maxTextureDimension2D ${maxDim} / maxTextureArrayLayers ${this.limits.maxTextureArrayLayers}`);
     }
-    const key = `${width}x${height}x${layers}`;
+    const key = pooledTextureKey({ width, height, depthOrArrayLayers: layers });
     const bytes = textureBytes(width, height, layers);
     let tex = this.texturePool.get(key)?.pop();
     if (tex) {
@@ -433,7 +433,7 @@ export class Device {
   freeTexture(tex: GPUTexture): void {
     const bytes = textureBytes(tex.width, tex.height, tex.depthOrArrayLayers);
     this.liveBytes -= bytes;
-    const key = `${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`;
+    const key = pooledTextureKey(tex);
     let list = this.texturePool.get(key);
     if (!list) this.texturePool.set(key, (list = []));
     this.poolInsert(list, tex);
@@ -455,7 +455,7 @@ export class Device {
       if (this.pooledBytes <= this.poolCap) break;
       this.poolOrder.delete(o);
       const isTex = 'depthOrArrayLayers' in o;
-      const list = isTex ? this.texturePool.get(`${o.width}x${o.height}x${o.depthOrArrayLayers}`) : this.pool.get(o.size);
+      const list = isTex ? this.texturePool.get(pooledTextureKey(o)) : this.pool.get(o.size);
       const i = list ? (list as object[]).indexOf(o) : -1;
       if (i >= 0) list!.splice(i, 1);
       const bytes = isTex ? textureBytes(o.width, o.height, o.depthOrArrayLayers) : o.size;
@@ -478,7 +478,9 @@ export class Device {
   /** Destroys every pooled (free) buffer and texture. */
   trimPool(): void {
     this.flush();
-    this.forgetBindGroups();
+    // Groups naming the destroyed buffers would never be hit again (ids are not reused);
+    // dropping them all frees what they hold.
+    this.bindGroups.clear();
     for (const list of this.pool.values()) for (const b of list) b.destroy();
     for (const list of this.texturePool.values()) for (const t of list) t.destroy();
     this.pool.clear();
@@ -540,8 +542,8 @@ export class Device {
    * forward repeats the same dispatches on the same pooled buffers, and createBindGroup was
    * most of the host's time per dispatch (35-120 us; 731 dispatches recorded in 88 ms for a
    * 100 ms UNet forward on an H100). Uniforms live in immutable 256-byte slots keyed by their
-   * bytes. Both caches are dropped whole when they grow past their caps and whenever a buffer
-   * or texture is destroyed (a cached group must never name a destroyed one).
+   * bytes. Both caches are dropped whole when they grow past their caps (and the groups by
+   * trimPool); a group naming a destroyed buffer is never hit, since object ids are not reused.
    */
   private cachedBindGroup(args: DispatchArgs): GPUBindGroup {
     const bytes = this.uniformBytes(args);
@@ -616,11 +618,6 @@ export class Device {
     let id = this.objectIds.get(o);
     if (id === undefined) this.objectIds.set(o, (id = ++this.nextObjectId));
     return id;
-  }
-
-  /** Cached bind groups may name any buffer or texture: forget them all before destroying one. */
-  private forgetBindGroups(): void {
-    this.bindGroups.clear();
   }
 
   /** Records one compute dispatch into the current batch. */
@@ -824,6 +821,11 @@ export interface PipelineCompile extends PipelineSpec {
   generateMs: number;
   moduleMs: number;
   pipelineMs: number;
+}
+
+/** The texture pool's size key. */
+function pooledTextureKey(t: { width: number; height: number; depthOrArrayLayers: number }): string {
+  return `${t.width}x${t.height}x${t.depthOrArrayLayers}`;
 }
 
 function pipelineCacheKey(e: { key: string; entryPoint: string; constants?: Record<string, number> }): string {
