@@ -12,6 +12,8 @@
 // options: --dtype f32|f16  --batch N  --runs N  --json  --profile  --profile-shapes N (the
 //          profile plus the N costliest dispatches by op and shapes)  --no-warmup (one timed run
 //          that includes pipeline compiles: for the full-size SDXL UNet on a CPU adapter)
+//          --set KEY=VALUE (segment: a config override, e.g. --set 'elbo_timesteps=[[1,999,500]]'
+//          for a short run with the same memory pattern)
 import { parseArgs } from 'node:util';
 import { Device } from '../src/tensor/index.js';
 import type { KernelMeasurement } from './common.js';
@@ -33,6 +35,7 @@ async function main(): Promise<void> {
       replay: { type: 'string' },
       sync: { type: 'boolean', default: false },
       what: { type: 'string', default: 'unet' },
+      set: { type: 'string', multiple: true },
     },
   });
   const what = positionals[0] ?? 'kernels';
@@ -61,6 +64,7 @@ async function main(): Promise<void> {
       profile: values.profile! || values['profile-shapes'] !== undefined,
       profileShapes: Number(values['profile-shapes'] ?? 0),
       warmup: !values['no-warmup'],
+      overrides: values.set ?? [],
     };
     let m: ModelMeasurement;
     if (what === 'compile') {

@@ -169,6 +169,8 @@ export interface ModelBenchOptions {
   profileShapes?: number;
   /** Run one untimed forward first (pipeline compiles); off for very long single runs. */
   warmup: boolean;
+  /** segment: config overrides KEY=VALUE (e.g. fewer timesteps for a quick memory check). */
+  overrides?: string[];
 }
 
 export async function benchUnet(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {

@@ -1,7 +1,7 @@
 // Full-size VAE encoder and whole-segmentation benchmarks with random weights.
 import { fileURLToPath } from 'node:url';
 import { Device, Tensor, scope } from '../src/tensor/index.js';
-import { defaultConfig, applyOverrides } from '../src/elbo/config.js';
+import { defaultConfig, applyOverrides, parseTimesteps } from '../src/elbo/config.js';
 import { segmentImage } from '../src/elbo/segment.js';
 import { ClipTextModel, parseClipTextConfig } from '../src/models/clip.js';
 import { StableDiffusionPipeline } from '../src/models/pipeline.js';
@@ -87,7 +87,9 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
   });
   const S = 512;
   const img = { width: S, height: S, data: new Uint8Array(S * S * 3).map((_, i) => (i * 7) % 256) };
-  const config = applyOverrides(defaultConfig(), []);
+  const config = applyOverrides(defaultConfig(), o.overrides ?? []);
+  const nElbo = parseTimesteps(config.elbo_timesteps, config.seed).length;
+  const nCollect = parseTimesteps(config.collect_timesteps, config.seed + 1).length;
   // --runs N segments the image N times in one process and reports the last: the first
   // includes every pipeline compile (seconds on a GPU with a cold driver cache).
   // JS time spent recording UNet forwards (per run), beside the run's time: on a fast GPU
@@ -115,6 +117,19 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     }
   };
   let seconds = 0;
+  // Where the process's RSS peaks (sampled twice a second; the JS thread idles while the
+  // adapter works), with the engine's live and pooled bytes at that moment.
+  let phase = 'load';
+  let peak = { rss: 0, at: '', live: 0, pooled: 0 };
+  // The engine's live peak is a running maximum: a rise is put down to the phase it rose in.
+  let livePeak = { bytes: 0, at: '' };
+  const sample = (): void => {
+    const r = process.memoryUsage().rss;
+    if (r > peak.rss) peak = { rss: r, at: phase, live: dev.liveBytes, pooled: dev.poolBytes };
+    if (dev.peakLiveBytes > livePeak.bytes) livePeak = { bytes: dev.peakLiveBytes, at: phase };
+  };
+  const sampler = setInterval(sample, 500);
+  sampler.unref();
   for (let r = 0; r < Math.max(1, o.runs); r++) {
     recordMs = 0;
     forwards = 0;
@@ -129,6 +144,8 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
       maxBatch: o.batch > 1 ? o.batch : 2,
       onProgress: (p) => {
         const s = `${p.phase} ${p.done}/${p.total}`;
+        sample();
+        phase = `run ${r + 1} ${s}`;
         // a line per step where stderr is a log file (a full-size run takes many minutes there)
         if (s !== last) process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}${s} ${((performance.now() - t0) / 1000).toFixed(0)}s${process.stderr.isTTY ? '   ' : '\n'}`);
         last = s;
@@ -140,9 +157,13 @@ export async function benchSegment(dev: Device, o: ModelBenchOptions): Promise<M
     if (r === 0) process.stderr.write(`first run: ${dev.compileSummary()}\n`);
     process.stderr.write(`run ${r + 1}: ${forwards} UNet forwards (${Math.round(dispatches / Math.max(1, forwards))} dispatches each) recorded by JS in ${(recordMs / 1000).toFixed(2)} s of the run's ${seconds.toFixed(2)} s; per forward ${Math.round(misses / Math.max(1, forwards))} bind-group misses, ${Math.round(evictions / Math.max(1, forwards))} pool evictions\n`);
   }
+  clearInterval(sampler);
+  sample();
   // What the process holds besides live tensors: the pool's free buffers (host memory on lavapipe).
-  process.stderr.write(`at the end: ${(dev.liveBytes / 2 ** 20).toFixed(0)} MB live, ${(dev.poolBytes / 2 ** 20).toFixed(0)} MB of free buffers pooled\n`);
+  const mb = (b: number): string => (b / 2 ** 20).toFixed(0);
+  process.stderr.write(`at the end: ${mb(dev.liveBytes)} MB live, ${mb(dev.poolBytes)} MB of free buffers pooled\n`);
+  process.stderr.write(`sampled RSS peak ${mb(peak.rss)} MB during "${peak.at}" (${mb(peak.live)} MB live, ${mb(peak.pooled)} MB pooled then); live peak ${mb(livePeak.bytes)} MB during "${livePeak.at}"\n`);
   const unetF = unetFlops(parseUNetConfig(SD15_UNET, 'SD 1.5 unet'), 64);
-  const flops = (20 * 2 + 10) * unetF + vaeEncoderFlops(S);
+  const flops = (nElbo * 2 + nCollect) * unetF + vaeEncoderFlops(S);
   return { model: 'segment', dtype: w.matrixDtype, batch: 2, seconds, tflops: flops / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss() };
 }
