@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Tensor, bindCache, scope, keep, uniforms } from '../src/tensor/index.js';
+import { Tensor, bindCache, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { matmul } from '../src/kernels/matmul.js';
 
@@ -182,6 +182,15 @@ describe('device', () => {
     } finally {
       dev.poolCap = saved;
     }
+  });
+
+  it('ELBO_POOL_MB sets the pool cap in MiB; anything but a number >= 0 is an error naming it', () => {
+    expect(poolCapFrom('256', 7)).toBe(256 * 2 ** 20);
+    expect(poolCapFrom('0.5', 7)).toBe(2 ** 19);
+    expect(poolCapFrom(undefined, 7)).toBe(7);
+    expect(poolCapFrom(' ', 7)).toBe(7);
+    expect(() => poolCapFrom('lots', 7)).toThrow('ELBO_POOL_MB=lots: expected a number of MiB >= 0');
+    expect(() => poolCapFrom('-1', 7)).toThrow('ELBO_POOL_MB=-1: expected a number of MiB >= 0');
   });
 
   it('zeros clears a reused buffer on the GPU, in order with the recorded work', async () => {

@@ -11,6 +11,9 @@ describe('doctor', () => {
     expect(text.out).toMatch(/^adapter: /m);
     expect(text.out).toMatch(/features:\s+shader-f16 (yes|no), subgroups (yes|no), timestamp-query (yes|no)/);
     expect(text.out).toContain(`maxStorageBufferBindingSize          ${dev.limits.maxStorageBufferBindingSize}`);
+    // A CPU adapter's buffers are host memory: its pool keeps 512 MiB of free buffers, a GPU's 2 GiB.
+    expect(dev.poolCap).toBe((dev.adapter.isFallback ? 512 : 2048) * 2 ** 20);
+    expect(text.out).toMatch(new RegExp(`^pool:\\s+free buffers kept for reuse up to ${dev.poolCap / 2 ** 20} MiB`, 'm'));
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
     expect(text.out).toMatch(/'cpu' kernels.*f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\)/);
     expect(text.out).toMatch(/'gpu' kernels.*heads wider than 160 by GEMM \(ELBO_GPU_ATTN_WIDE\), head-mean probs by the gpu kernel \(ELBO_GPU_PROBS\)/);
@@ -18,8 +21,9 @@ describe('doctor', () => {
     winogradTuning.f16U = false;
     try {
       const json = await runCli(['doctor', '--json']);
-      const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
+      const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; poolCapMb: number; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
       expect(r.kind).toBe(dev.kind);
+      expect(r.poolCapMb).toBe(dev.poolCap / 2 ** 20);
       expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
       expect(r.kernels.attention!.inUse).toBe(dev.kind);
       expect(r.cpuKernels).toMatchObject({ winogradF16U: false, matmulTile: '8x8', attentionTile: '8x32' });

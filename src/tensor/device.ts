@@ -90,6 +90,23 @@ export const bindCache = {
 const MAX_BATCH = 128;
 const MAX_POOLED_BYTES = 2 * 1024 ** 3;
 
+/**
+ * The pool's cap where buffers are host memory (a CPU adapter: lavapipe). The 2 GiB cap
+ * held ~2 GB of free buffers through a full-size segmentation there. At 512 MiB an SD 1.5
+ * forward at batch 2 evicts 288 buffers (making them again costs page faults and Dawn's
+ * zero fill, within this machine's noise beside the kernels) and the process holds 1.3 GB
+ * less; at 256 MiB it evicts 705 (docs/KERNELS.md, "Memory on a CPU adapter").
+ */
+const CPU_POOLED_BYTES = 512 * 1024 ** 2;
+
+/** The pool's cap in bytes: ELBO_POOL_MB (MiB of free buffers kept for reuse) when set, else `fallback`. */
+export function poolCapFrom(value: string | undefined, fallback: number): number {
+  if (value === undefined || value.trim() === '') return fallback;
+  const mb = Number(value);
+  if (!Number.isFinite(mb) || mb < 0) throw new GpuError(`ELBO_POOL_MB=${value}: expected a number of MiB >= 0`);
+  return Math.floor(mb * 2 ** 20);
+}
+
 /** Rounds a byte size up to a pool bucket: 1/8 steps of its power of two (<= 12.5% waste). */
 export function bucketSize(bytes: number): number {
   const b = Math.max(256, Math.ceil(bytes / 4) * 4);
@@ -166,8 +183,8 @@ export class Device {
   /** Dispatches that found their bind group cached / had to create it (bindCache). */
   bindGroupHits = 0;
   bindGroupMisses = 0;
-  /** Bytes of free buffers and textures the pool keeps for reuse (tests lower it). */
-  poolCap = MAX_POOLED_BYTES;
+  /** Bytes of free buffers and textures the pool keeps for reuse (ELBO_POOL_MB; tests lower it). */
+  poolCap: number;
   /** Free buffers and textures evicted from the pool because it was full (poolCap). */
   poolEvictions = 0;
   submitCount = 0;
@@ -184,6 +201,7 @@ export class Device {
       description: info.description ?? '',
       isFallback,
     };
+    this.poolCap = poolCapFrom(process.env.ELBO_POOL_MB, isFallback ? CPU_POOLED_BYTES : MAX_POOLED_BYTES);
     this.features = {
       f16: gpu.features.has('shader-f16'),
       subgroups: gpu.features.has('subgroups'),
@@ -366,8 +384,7 @@ export class Device {
       throw new GpuError(`${label}: a buffer of ${bytes} bytes exceeds the adapter's maxBufferSize (${this.limits.maxBufferSize} bytes)`);
     }
     const size = Math.min(bucketSize(bytes), Math.ceil(this.limits.maxBufferSize / 4) * 4 - 4);
-    const list = this.pool.get(size);
-    let buf = list?.pop();
+    let buf = this.pool.get(size)?.pop();
     if (buf) {
       this.pooledBytes -= size;
       this.poolOrder.delete(buf);
