@@ -50,9 +50,10 @@ function vaeEncoderFlops(S: number): number {
   return f;
 }
 
+/** The SD 1.5 VAE with random weights, without the decoder (as `segment` loads it: it only encodes). */
 function randomVae(dev: Device): AutoencoderKL {
   const config = parseVaeConfig(SD15_VAE, 'SD 1.5 vae config');
-  return AutoencoderKL.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }));
+  return AutoencoderKL.fromWeights(dev, config, new RandomWeights(dev, { matrixDtype: 'f32' }), { decoder: false });
 }
 
 export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<ModelMeasurement> {

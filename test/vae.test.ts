@@ -183,6 +183,29 @@ describe('AutoencoderKL vs golden', () => {
     vae.release();
   });
 
+  it('decoder: false loads the encoder alone: same latents, fewer weight bytes, decode says what is missing', async () => {
+    const p = PIPES['sd15-tiny'];
+    const live0 = dev.liveBytes;
+    const full = await AutoencoderKL.load(dev, p.vae);
+    const fullBytes = dev.liveBytes - live0;
+    const enc = await AutoencoderKL.load(dev, p.vae, { decoder: false });
+    const encBytes = dev.liveBytes - live0 - fullBytes;
+    expect(enc.decoder).toBeNull();
+    expect(encBytes).toBeGreaterThan(0);
+    expect(encBytes).toBeLessThan(fullBytes * 0.7); // the decoder is the larger half
+    const ref = SafeTensorsFile.open(p.ref);
+    const img = upload(dev, ref, 'image_preprocessed');
+    const a = full.encodeLatent(img);
+    const b = enc.encodeLatent(img);
+    expect(Array.from(await b.toArray())).toEqual(Array.from(await a.toArray()));
+    const z = upload(dev, ref, 'latent_scaled');
+    expect(() => enc.decode(z)).toThrow('AutoencoderKL.decode: this VAE was loaded without its decoder');
+    for (const t of [img, a, b, z]) t.release();
+    ref.close();
+    full.release();
+    enc.release();
+  });
+
   it('encode and decode release every intermediate', async () => {
     const vae = await AutoencoderKL.load(dev, PIPES['sd21-tiny'].vae);
     const x = Tensor.fromArray(dev, new Float32Array(3 * 32 * 32).map((_, i) => Math.sin(i)), [1, 3, 32, 32]);

@@ -95,7 +95,7 @@ export async function runSegmentDataset(argv: string[]): Promise<number> {
   if (!values.model) console.error(BUNDLED_WARNING);
   installInterruptHandler();
   const dev = await Device.get();
-  const pipe = await loadPipeline(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype });
+  const pipe = await loadPipeline(dev, values.model ?? BUNDLED_PIPELINE, { weightDtype: dtype, vaeDecoder: false });
   try {
     applyModelDefaults(config, pipe.segmentationDefaults, overriddenKeys(methodOverrides));
     const progress = new Progress(values.quiet);

@@ -42,6 +42,8 @@ export interface DiffusionPipeline {
 export interface PipelineOptions {
   /** Storage of matrix / conv weights; 'f16' where the adapter has shader-f16. */
   weightDtype?: DType;
+  /** Load the VAE's decoder (default true); segmentation needs only the encoder. */
+  vaeDecoder?: boolean;
 }
 
 export class StableDiffusionPipeline implements DiffusionPipeline {
@@ -74,7 +76,7 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
       const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
       // The VAE stays f32 (diffusers' force_upcast): its activations are large and its
       // latents feed every later step.
-      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' }));
+      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32', decoder: opts.vaeDecoder }));
       return new StableDiffusionPipeline(dev, dir, tokenizer, textEncoder, unet, vae, schedule);
     });
   }

@@ -94,7 +94,7 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
       const textEncoder2 = own(await ClipTextModel.load(dev, textEncoder2Dir, { matrixDtype }));
       const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
       // force_upcast: SDXL's VAE overflows in f16; it stays f32 whatever the rest uses.
-      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32' }));
+      const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32', decoder: opts.vaeDecoder }));
       return new StableDiffusionXLPipeline(dev, dir, tokenizer, tokenizer2, textEncoder, textEncoder2, unet, vae, schedule);
     });
   }

@@ -326,12 +326,19 @@ function replace(old: Tensor, next: Tensor): Tensor {
 
 // ------------------------------------------------------------------------------- model
 
+/** Which halves of the VAE to load: segmentation only encodes, so it leaves out the decoder
+ *  (SD 1.5: 49.5M parameters, 198 MB in f32, which the pipeline keeps for the whole run). */
+export interface VaeParts {
+  decoder?: boolean;
+}
+
 export class AutoencoderKL {
   private constructor(
     readonly dev: Device,
     readonly config: VaeConfig,
     readonly encoder: Encoder,
-    readonly decoder: Decoder,
+    /** Null when loaded with `decoder: false` (segmentation encodes only). */
+    readonly decoder: Decoder | null,
     readonly quantConv: Conv | null,
     readonly postQuantConv: Conv | null,
     private readonly weights: OwnedWeights,
@@ -356,12 +363,12 @@ export class AutoencoderKL {
    * Loads `<dir>/config.json` and `<dir>/diffusion_pytorch_model.safetensors` (or `.fp16.`).
    * `matrixDtype: 'f16'` stores the conv / linear weights as f16 (f32 accumulation).
    */
-  static async load(dev: Device, dir: string, opts: WeightOptions = {}): Promise<AutoencoderKL> {
+  static async load(dev: Device, dir: string, opts: WeightOptions & VaeParts = {}): Promise<AutoencoderKL> {
     const configPath = join(dir, 'config.json');
     const config = parseVaeConfig(readJsonConfig(configPath), `${basename(dir)}/config.json`);
     const w = WeightLoader.open(dev, findWeightFile(dir), opts);
     try {
-      return AutoencoderKL.fromWeights(dev, config, w);
+      return AutoencoderKL.fromWeights(dev, config, w, opts);
     } finally {
       w.close();
     }
@@ -371,13 +378,14 @@ export class AutoencoderKL {
    * Builds the model from a parsed config and a weight source (a checkpoint file: every weight
    * is checked; or random weights for benchmarks).
    */
-  static fromWeights(dev: Device, config: VaeConfig, loader: WeightSource): AutoencoderKL {
+  static fromWeights(dev: Device, config: VaeConfig, loader: WeightSource, parts: VaeParts = {}): AutoencoderKL {
     const L = config.latentChannels;
+    const withDecoder = parts.decoder !== false;
     return new OwnedWeights(loader).build((w) => {
       const encoder = Encoder.load(w, config);
-      const decoder = Decoder.load(w, config);
+      const decoder = withDecoder ? Decoder.load(w, config) : null;
       const quantConv = config.useQuantConv ? Conv.load(w, 'quant_conv', 2 * L, 2 * L, 1) : null;
-      const postQuantConv = config.usePostQuantConv ? Conv.load(w, 'post_quant_conv', L, L, 1) : null;
+      const postQuantConv = withDecoder && config.usePostQuantConv ? Conv.load(w, 'post_quant_conv', L, L, 1) : null;
       return new AutoencoderKL(dev, config, encoder, decoder, quantConv, postQuantConv, w);
     });
   }
@@ -427,11 +435,13 @@ export class AutoencoderKL {
    */
   decode(z: Tensor): Tensor {
     this.checkInput(z, this.config.latentChannels, 'decode');
+    const decoder = this.decoder;
+    if (!decoder) throw new Error('AutoencoderKL.decode: this VAE was loaded without its decoder (decoder: false, as segmentation loads it); load it with the decoder to decode latents');
     const { scalingFactor: s, shiftFactor: shift } = this.config;
     return scope(() => {
       let h = affine(z, 1 / s, shift || 0);
       if (this.postQuantConv) h = this.postQuantConv.forward(h);
-      return this.decoder.forward(h);
+      return decoder.forward(h);
     });
   }
 
