@@ -93,9 +93,10 @@ const MAX_POOLED_BYTES = 2 * 1024 ** 3;
 /**
  * The pool's cap where buffers are host memory (a CPU adapter: lavapipe). The 2 GiB cap
  * held ~2 GB of free buffers through a full-size segmentation there. At 512 MiB an SD 1.5
- * forward at batch 2 evicts 288 buffers (making them again costs page faults and Dawn's
- * zero fill, within this machine's noise beside the kernels) and the process holds 1.3 GB
- * less; at 256 MiB it evicts 705 (docs/KERNELS.md, "Memory on a CPU adapter").
+ * forward at batch 2 evicts 288 buffers and the process holds 1.3 GB less. Making buffers
+ * again costs page faults and Dawn's zero fill: within this machine's noise for UNet
+ * forwards, but the VAE encoder at 512x512 (128-256 MB activations) runs ~15% slower. At
+ * 256 MiB a forward evicts 705 (docs/KERNELS.md, "Memory on a CPU adapter").
  */
 const CPU_POOLED_BYTES = 512 * 1024 ** 2;
 
