@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Tensor, bindCache, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
+import { Tensor, bindCache, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { matmul } from '../src/kernels/matmul.js';
 
@@ -27,8 +27,10 @@ describe('device', () => {
       x = y;
     }
     const out = await x.toArray();
-    // 100 dispatches, one upload and one read: far fewer submits than dispatches.
-    expect(dev.submitCount - submitsBefore).toBeLessThanOrEqual(4);
+    // 100 dispatches, one upload and one read: a submit per maxBatch dispatches (16 on a CPU
+    // adapter, 128 on a GPU) and one for the read, far fewer than the dispatches.
+    expect(dev.maxBatch).toBe(dev.adapter.isFallback ? 16 : 128);
+    expect(dev.submitCount - submitsBefore).toBeLessThanOrEqual(Math.ceil(100 / dev.maxBatch) + 2);
     for (let i = 0; i < n; i++) expect(out[i]).toBeCloseTo(data[i]! * 1.01 ** 100, 4);
     x.release();
   });
@@ -191,6 +193,13 @@ describe('device', () => {
     expect(poolCapFrom(' ', 7)).toBe(7);
     expect(() => poolCapFrom('lots', 7)).toThrow('ELBO_POOL_MB=lots: expected a number of MiB >= 0');
     expect(() => poolCapFrom('-1', 7)).toThrow('ELBO_POOL_MB=-1: expected a number of MiB >= 0');
+  });
+
+  it('ELBO_MAX_BATCH sets the dispatches per submit; anything but an integer >= 1 is an error naming it', () => {
+    expect(maxBatchFrom('32', 7)).toBe(32);
+    expect(maxBatchFrom(undefined, 7)).toBe(7);
+    expect(() => maxBatchFrom('0', 7)).toThrow('ELBO_MAX_BATCH=0: expected an integer >= 1');
+    expect(() => maxBatchFrom('2.5', 7)).toThrow('ELBO_MAX_BATCH=2.5: expected an integer >= 1');
   });
 
   it('zeros clears a reused buffer on the GPU, in order with the recorded work', async () => {

@@ -13,6 +13,7 @@ describe('doctor', () => {
     expect(text.out).toContain(`maxStorageBufferBindingSize          ${dev.limits.maxStorageBufferBindingSize}`);
     // A CPU adapter's buffers are host memory: its pool keeps 512 MiB of free buffers, a GPU's 2 GiB.
     expect(dev.poolCap).toBe((dev.adapter.isFallback ? 512 : 2048) * 2 ** 20);
+    expect(text.out).toMatch(new RegExp(`^submits:\\s+every ${dev.maxBatch} dispatches and at each readback`, 'm'));
     expect(text.out).toMatch(new RegExp(`^pool:\\s+free buffers kept for reuse up to ${dev.poolCap / 2 ** 20} MiB`, 'm'));
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
     expect(text.out).toMatch(/'cpu' kernels.*f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\)/);
@@ -21,9 +22,10 @@ describe('doctor', () => {
     winogradTuning.f16U = false;
     try {
       const json = await runCli(['doctor', '--json']);
-      const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; poolCapMb: number; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
+      const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; poolCapMb: number; maxBatch: number; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
       expect(r.kind).toBe(dev.kind);
       expect(r.poolCapMb).toBe(dev.poolCap / 2 ** 20);
+      expect(r.maxBatch).toBe(dev.maxBatch);
       expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
       expect(r.kernels.attention!.inUse).toBe(dev.kind);
       expect(r.cpuKernels).toMatchObject({ winogradF16U: false, matmulTile: '8x8', attentionTile: '8x32' });
