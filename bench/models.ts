@@ -19,6 +19,9 @@ export interface ModelMeasurement {
   load_seconds?: number;
   /** Each timed run's seconds, in order (seconds is their median): this machine varies. */
   run_seconds?: number[];
+  /** segment: the weights as loaded, and the memory budget (weights + 1.5 GiB). */
+  weights_mb?: number;
+  budget_mb?: number;
 }
 
 /** SD 1.5's published unet/config.json (the keys it carries). */

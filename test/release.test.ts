@@ -9,6 +9,7 @@ import { SafeTensorsFile, writeSafetensorsSync, type TensorToWrite } from '../sr
 import { ClipTextModel } from '../src/models/clip.js';
 import { ClipModel } from '../src/models/clipModel.js';
 import { StableDiffusionPipeline, loadPipeline } from '../src/models/pipeline.js';
+import type { StableDiffusionXLPipeline } from '../src/models/sdxlPipeline.js';
 import { AutoencoderKL } from '../src/models/vae.js';
 import { Tensor, type Device } from '../src/tensor/index.js';
 import { getDevice } from './helpers/gpu.js';
@@ -176,6 +177,46 @@ describe('StableDiffusionPipeline', () => {
     expect(() => pipe.embed('a dog')).toThrow(/^CLIP text encoder: used after release\(\)/);
   });
 
+  it('offloadTextEncoder() frees the text encoder; cached embeddings stay, prepareEmbeddings() loads it again', async () => {
+    const pipe = await StableDiffusionPipeline.load(dev, SD15);
+    try {
+      const teBytes = pipe.textEncoder.weightBytes;
+      await pipe.prepareEmbeddings(['a photo of a cat']);
+      const cat = await pipe.embed('a photo of a cat').hidden.toArray();
+      const dogBefore = await pipe.encodePrompt('a photo of a dog').toArray();
+      const before = await live();
+      expect(pipe.offloadTextEncoder()).toBe(teBytes);
+      const after = await live();
+      figures.push(`SD 1.5 pipeline (sd15-tiny): offloading the text encoder frees ${before - after} B (its weights: ${teBytes} B)`);
+      expect(before - after).toBe(teBytes);
+      expect(pipe.offloadTextEncoder()).toBe(0); // already offloaded
+      expect(await pipe.embed('a photo of a cat').hidden.toArray()).toEqual(cat); // cached
+      expect(() => pipe.embed('a photo of a horse')).toThrow(
+        `${join(SD15, 'text_encoder')}: the text encoder is offloaded (its weights were freed after the prompts were embedded); call prepareEmbeddings(prompts) to load it again`,
+      );
+      expect(await live()).toBe(after); // the failed embed left nothing behind
+      await pipe.prepareEmbeddings(['a photo of a cat', 'a photo of a horse']);
+      expect((await live()) - after).toBeGreaterThanOrEqual(teBytes);
+      // The encoder loaded again gives what the first one gave.
+      pipe.clearCache();
+      expect(await pipe.encodePrompt('a photo of a dog').toArray()).toEqual(dogBefore);
+    } finally {
+      pipe.release();
+    }
+  });
+
+  it('a pipeline built from parts without a loader keeps its text encoder', async () => {
+    const loaded = await StableDiffusionPipeline.load(dev, SD15);
+    const pipe = StableDiffusionPipeline.fromParts(dev, { tokenizer: loaded.tokenizer, textEncoder: loaded.textEncoder, unet: loaded.unet, vae: loaded.vae, schedule: loaded.schedule });
+    try {
+      expect(pipe.offloadTextEncoder()).toBe(0);
+      await pipe.prepareEmbeddings(['a photo of a cat']);
+      expect(pipe.textEncoder.weightBytes).toBeGreaterThan(0);
+    } finally {
+      pipe.release();
+    }
+  });
+
   it('a VAE that fails to load frees the text encoder and UNet loaded before it', async () => {
     const vae = join(tmp, 'bad-vae');
     mkdirSync(vae);
@@ -207,6 +248,26 @@ describe('StableDiffusionXLPipeline', () => {
     const after = await live();
     figures.push(`SDXL pipeline (sdxl-tiny): base ${base} B, +${loaded} B with one cached embedding, after release ${after} B`);
     expect(after).toBe(base);
+  });
+
+  it('offloadTextEncoder() frees both text encoders; prepareEmbeddings() loads them again', async () => {
+    const pipe = (await loadPipeline(dev, SDXL)) as StableDiffusionXLPipeline;
+    try {
+      const teBytes = pipe.textEncoder.weightBytes + pipe.textEncoder2.weightBytes;
+      await pipe.prepareEmbeddings(['a photo of a cat']);
+      const cat = await pipe.embed('a photo of a cat').pooled!.toArray();
+      const before = await live();
+      expect(pipe.offloadTextEncoder()).toBe(teBytes);
+      const after = await live();
+      figures.push(`SDXL pipeline (sdxl-tiny): offloading both text encoders frees ${before - after} B (their weights: ${teBytes} B)`);
+      expect(before - after).toBe(teBytes);
+      expect(() => pipe.embed('a photo of a dog')).toThrow(/text_encoder is offloaded/);
+      await pipe.prepareEmbeddings(['a photo of a dog']);
+      pipe.clearCache();
+      expect(await pipe.embed('a photo of a cat').pooled!.toArray()).toEqual(cat);
+    } finally {
+      pipe.release();
+    }
   });
 
   it('parts that do not fit together (text_encoder_2 without a projection) are freed', async () => {

@@ -106,3 +106,39 @@ describe('segmentation: ELBO calls in flight', () => {
     expect(ahead).toEqual(serial);
   });
 });
+
+describe('segmentation: the text encoder offloaded between images', () => {
+  it('is freed after the prompts are embedded, loaded again for new ones, and changes no result', async () => {
+    const dev = await getDevice();
+    const dir = `${PIPELINES['sd15-tiny'].elbo}/defaults-small`;
+    const ref = golden(`${dir}/elbo.safetensors`);
+    const meta = JSON.parse(readFileSync(`${dir}/elbo.json`, 'utf8')) as { config: Record<string, unknown>; classes: { class: string }[] };
+    const config = applyOverrides(defaultConfig(), [`elbo_timesteps=${JSON.stringify(meta.config.elbo_timesteps)}`, `collect_timesteps=${JSON.stringify(meta.config.collect_timesteps)}`]);
+    const image = await readImageRGB('test/fixtures/common/test_image.png');
+    const classes = meta.classes.map((k) => k.class);
+    const noise = { elbo: ref.readF32('elbo_noise'), collect: ref.readF32('collect_noise') };
+    const masks = (r: SegmentResult): Float32Array[] => r.classes.map((k) => k.mask);
+    const kept = await StableDiffusionPipeline.load(dev, PIPELINES['sd15-tiny'].dir);
+    const offloaded = await StableDiffusionPipeline.load(dev, PIPELINES['sd15-tiny'].dir);
+    try {
+      const want1 = await segmentImage(kept, image, classes, { config, noise, offloadTextEncoder: false });
+      expect(kept.textEncoder.weightBytes).toBeGreaterThan(0);
+      const teBytes = offloaded.textEncoder.weightBytes;
+      const before = dev.liveBytes;
+      const got1 = await segmentImage(offloaded, image, classes, { config, noise, offloadTextEncoder: true });
+      await dev.sync();
+      expect(before - dev.liveBytes).toBeGreaterThanOrEqual(teBytes - 256 * 1024); // embeddings made, the encoder freed
+      expect(() => offloaded.textEncoder).toThrow(/the text encoder is offloaded/);
+      expect(masks(got1)).toEqual(masks(want1));
+      // A second image with other prompts (one class, another source text) loads it again.
+      const want2 = await segmentImage(kept, image, [classes[1]!], { config, noise, offloadTextEncoder: false });
+      const got2 = await segmentImage(offloaded, image, [classes[1]!], { config, noise, offloadTextEncoder: true });
+      expect(got2.sourceText).not.toBe(got1.sourceText);
+      expect(masks(got2)).toEqual(masks(want2));
+      expect(got2.classes[0]!.losses).toEqual(want2.classes[0]!.losses);
+    } finally {
+      kept.release();
+      offloaded.release();
+    }
+  });
+});

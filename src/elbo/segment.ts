@@ -55,6 +55,12 @@ export interface SegmentOptions {
   elboInFlight?: number;
   /** Reproduce the reference even where it breaks (a zero self_weight row gives NaN masks). */
   referenceExact?: boolean;
+  /**
+   * Free the text encoder once this image's prompts are embedded (the next image's new
+   * prompts load it again). Default: on a CPU adapter, where GPU memory is host RAM (SD 1.5's
+   * CLIP-L: 492 MB in f32 that would sit beside the UNet's peak); off on a GPU.
+   */
+  offloadTextEncoder?: boolean;
   onProgress?: (p: SegmentProgress) => void;
 }
 
@@ -185,6 +191,16 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
     if (!opts.referenceExact) checkSelfWeightSums(sw0);
   }
 
+  // Which prompts the ELBO needs (none when the temperatures are fixed or given).
+  const elboMode = cfg.fix_temperature || cfg.elbo_strength === 1 ? 'fixed' : opts.normalizedElbo ? 'given' : 'computed';
+  if (elboMode === 'computed' && opts.elboTexts && opts.elboTexts.length !== classes.length) {
+    throw new Error(`segment: ${opts.elboTexts.length} ELBO prompts for ${classes.length} classes`);
+  }
+  const elboPrompts = elboMode !== 'computed' ? [] : opts.elboTexts ? [...opts.elboTexts] : classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
+  // Every prompt is embedded first, so the text encoder can be freed before the UNet's work.
+  await pipe.prepareEmbeddings([...elboPrompts, sourceText]);
+  if (opts.offloadTextEncoder ?? dev.adapter.isFallback) pipe.offloadTextEncoder();
+
   // 1.1 Encode the image.
   progress({ phase: 'encode', done: 0, total: 1 });
   const S = pipe.vae.sampleSize;
@@ -220,10 +236,10 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
   const lossSum = new Float32Array(K).fill(NaN);
   let normalized: Float32Array;
   let temperature: Float32Array;
-  if (cfg.fix_temperature || cfg.elbo_strength === 1) {
+  if (elboMode === 'fixed') {
     normalized = new Float32Array(K).fill(1);
     temperature = normalized.map(() => f32(cfg.elbo_strength));
-  } else if (opts.normalizedElbo) {
+  } else if (elboMode === 'given') {
     normalized = Float32Array.from(classes, (c) => {
       const v = opts.normalizedElbo![c];
       if (typeof v !== 'number') throw new Error(`elbo_path: no normalized ELBO for class "${c}" of this image`);
@@ -231,9 +247,7 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
     });
     temperature = normalized.map((n) => f32(f32(cfg.elbo_strength) ** n));
   } else {
-    if (opts.elboTexts && opts.elboTexts.length !== classes.length) throw new Error(`segment: ${opts.elboTexts.length} ELBO prompts for ${classes.length} classes`);
-    const prompts = opts.elboTexts ? [...opts.elboTexts] : classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
-    const embs = prompts.map((p) => pipe.embed(p));
+    const embs = elboPrompts.map((p) => pipe.embed(p));
     lossSum.fill(0);
     const total = elboTimesteps.length * K;
     let done = 0;

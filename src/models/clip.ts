@@ -109,6 +109,11 @@ export class ClipTextModel {
     this.weights.release();
   }
 
+  /** Bytes of GPU memory the weights hold. */
+  get weightBytes(): number {
+    return this.weights.bytes;
+  }
+
   get hiddenSize(): number {
     return this.config.hiddenSize;
   }

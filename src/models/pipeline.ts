@@ -9,7 +9,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
-import { loadParts } from './weights.js';
+import { Reloadable, loadParts } from './weights.js';
 
 /** A prompt's conditioning: hidden states (1, 77, D), and SDXL's pooled embedding (1, P). */
 export interface PromptEmbedding {
@@ -31,6 +31,17 @@ export interface DiffusionPipeline {
   readonly schedule: DDIMSchedule;
   /** Cached embedding of a prompt (the caller must not release it). */
   embed(prompt: string): PromptEmbedding;
+  /**
+   * Embeds `prompts` ahead of their embed() calls (cached for the pipeline's life), loading
+   * an offloaded text encoder again first.
+   */
+  prepareEmbeddings(prompts: readonly string[]): Promise<void>;
+  /**
+   * Frees the text encoder's weights until prepareEmbeddings() needs them for a new prompt;
+   * embeddings already made stay. Returns the bytes freed: 0 where the encoder cannot be
+   * loaded again (parts built in memory without a loader) or is offloaded already.
+   */
+  offloadTextEncoder(): number;
   /** UNet inputs for a batch of embeddings: encoderHiddenStates (B, 77, D) plus extras. */
   unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor; textEmbeds?: Tensor; timeIds?: number[][] };
   /** Default segmentation weights for this model's attention layout (SD: the reference's). */
@@ -53,11 +64,16 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     readonly dev: Device,
     readonly dir: string,
     readonly tokenizer: CLIPTokenizer,
-    readonly textEncoder: ClipTextModel,
+    private readonly te: Reloadable<ClipTextModel>,
     readonly unet: UNet2DConditionModel,
     readonly vae: AutoencoderKL,
     readonly schedule: DDIMSchedule,
   ) {}
+
+  /** The CLIP text encoder; throws while it is offloaded (offloadTextEncoder). */
+  get textEncoder(): ClipTextModel {
+    return this.te.get();
+  }
 
   /** Loads a diffusers folder or a hub id found in the local Hugging Face cache. */
   static async load(dev: Device, spec: string, opts: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
@@ -71,8 +87,9 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     const schedCfgPath = join(paths.scheduler, 'scheduler_config.json');
     const schedule = DDIMSchedule.fromConfig(readJsonConfig(schedCfgPath), schedCfgPath);
     const tokenizer = CLIPTokenizer.fromFolder(paths.tokenizer);
+    const loadTextEncoder = (): Promise<ClipTextModel> => ClipTextModel.load(dev, paths.text_encoder, { matrixDtype });
     return loadParts(async (own) => {
-      const textEncoder = own(await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype }));
+      const textEncoder = own(new Reloadable(await loadTextEncoder(), `${paths.text_encoder}: the text encoder`, loadTextEncoder));
       const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
       // The VAE stays f32 (diffusers' force_upcast): its activations are large and its
       // latents feed every later step.
@@ -81,13 +98,17 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     });
   }
 
-  /** A pipeline from already-built parts (benchmarks with random weights, tests). */
+  /**
+   * A pipeline from already-built parts (benchmarks with random weights, tests). With
+   * `loadTextEncoder` (a fresh copy of the same encoder) the text encoder can be offloaded.
+   */
   static fromParts(
     dev: Device,
-    parts: { tokenizer: CLIPTokenizer; textEncoder: ClipTextModel; unet: UNet2DConditionModel; vae: AutoencoderKL; schedule: DDIMSchedule },
+    parts: { tokenizer: CLIPTokenizer; textEncoder: ClipTextModel; unet: UNet2DConditionModel; vae: AutoencoderKL; schedule: DDIMSchedule; loadTextEncoder?: () => Promise<ClipTextModel> },
     dir = '(in memory)',
   ): StableDiffusionPipeline {
-    return new StableDiffusionPipeline(dev, dir, parts.tokenizer, parts.textEncoder, parts.unet, parts.vae, parts.schedule);
+    const te = new Reloadable(parts.textEncoder, `${dir}: the text encoder`, parts.loadTextEncoder);
+    return new StableDiffusionPipeline(dev, dir, parts.tokenizer, te, parts.unet, parts.vae, parts.schedule);
   }
 
   get predictionType(): 'epsilon' | 'v_prediction' | 'sample' {
@@ -115,6 +136,18 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     return { hidden: this.encodePrompt(prompt) };
   }
 
+  async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
+    if (prompts.every((p) => this.embCache.has(p))) return;
+    await this.te.ensure();
+    for (const p of prompts) this.encodePrompt(p);
+  }
+
+  offloadTextEncoder(): number {
+    if (!this.te.loaded) return 0;
+    const bytes = this.te.get().weightBytes;
+    return this.te.offload() ? bytes : 0;
+  }
+
   unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor } {
     const hs = embs.map((e) => e.hidden);
     return { encoderHiddenStates: hs.length === 1 ? hs[0]! : concat(hs, 0) };
@@ -128,7 +161,7 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
 
   release(): void {
     this.clearCache();
-    this.textEncoder.release();
+    this.te.release();
     this.unet.release();
     this.vae.release();
   }

@@ -15,7 +15,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
-import { loadParts } from './weights.js';
+import { Reloadable, loadParts } from './weights.js';
 
 /**
  * Default segmentation layer weights for SDXL's attention layout.
@@ -63,15 +63,23 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
     readonly tokenizer: CLIPTokenizer,
     /** tokenizer_2 (pad "!" = 0 in SDXL base). */
     readonly tokenizer2: CLIPTokenizer,
-    /** CLIPTextModel (hidden D1). */
-    readonly textEncoder: ClipTextModel,
-    /** CLIPTextModelWithProjection (hidden D2, projection P). */
-    readonly textEncoder2: ClipTextModel,
+    private readonly te1: Reloadable<ClipTextModel>,
+    private readonly te2: Reloadable<ClipTextModel>,
     readonly unet: UNet2DConditionModel,
     readonly vae: AutoencoderKL,
     readonly schedule: DDIMSchedule,
   ) {
-    StableDiffusionXLPipeline.checkParts(dir, textEncoder, textEncoder2, unet);
+    StableDiffusionXLPipeline.checkParts(dir, te1.get(), te2.get(), unet);
+  }
+
+  /** CLIPTextModel (hidden D1); throws while it is offloaded (offloadTextEncoder). */
+  get textEncoder(): ClipTextModel {
+    return this.te1.get();
+  }
+
+  /** CLIPTextModelWithProjection (hidden D2, projection P); throws while it is offloaded. */
+  get textEncoder2(): ClipTextModel {
+    return this.te2.get();
   }
 
   /** Loads a diffusers SDXL folder or a hub id found in the local Hugging Face cache. */
@@ -89,9 +97,13 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
     const tokenizer = CLIPTokenizer.fromFolder(paths.tokenizer);
     const tokenizer2 = CLIPTokenizer.fromFolder(paths.tokenizer_2);
     // loadParts also frees the parts when they do not fit together (the constructor's checks).
+    const reloadable = async (folder: string, what: string): Promise<Reloadable<ClipTextModel>> => {
+      const load = (): Promise<ClipTextModel> => ClipTextModel.load(dev, folder, { matrixDtype });
+      return new Reloadable(await load(), `${folder}: ${what}`, load);
+    };
     return loadParts(async (own) => {
-      const textEncoder = own(await ClipTextModel.load(dev, paths.text_encoder, { matrixDtype }));
-      const textEncoder2 = own(await ClipTextModel.load(dev, textEncoder2Dir, { matrixDtype }));
+      const textEncoder = own(await reloadable(paths.text_encoder, 'text_encoder'));
+      const textEncoder2 = own(await reloadable(textEncoder2Dir, 'text_encoder_2'));
       const unet = own(await UNet2DConditionModel.load(dev, paths.unet, { matrixDtype, predictionType: schedule.predictionType }));
       // force_upcast: SDXL's VAE overflows in f16; it stays f32 whatever the rest uses.
       const vae = own(await AutoencoderKL.load(dev, paths.vae, { matrixDtype: 'f32', decoder: opts.vaeDecoder }));
@@ -161,6 +173,23 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
       this.embCache.set(prompt, e);
     }
     return e;
+  }
+
+  async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
+    if (prompts.every((p) => this.embCache.has(p))) return;
+    await this.te1.ensure();
+    await this.te2.ensure();
+    for (const p of prompts) this.embed(p);
+  }
+
+  offloadTextEncoder(): number {
+    let bytes = 0;
+    for (const te of [this.te1, this.te2]) {
+      if (!te.loaded) continue;
+      const b = te.get().weightBytes;
+      if (te.offload()) bytes += b;
+    }
+    return bytes;
   }
 
   /**
@@ -240,7 +269,7 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
 
   release(): void {
     this.clearCache();
-    for (const m of [this.textEncoder, this.textEncoder2, this.unet, this.vae]) m.release();
+    for (const m of [this.te1, this.te2, this.unet, this.vae]) m.release();
   }
 }
 

@@ -82,9 +82,18 @@ export class OwnedWeights implements WeightSource {
     }
   }
 
-  /** Frees every owned tensor; the model they belong to is unusable afterwards. */
+  /** Bytes of GPU buffers the owned tensors hold (a buffer shared by views counted once). */
+  get bytes(): number {
+    const bufs = new Set<GPUBuffer>();
+    for (const t of this.owned) if (!t.released) bufs.add(t.buffer);
+    let n = 0;
+    for (const b of bufs) n += b.size;
+    return n;
+  }
+
+  /** Frees every owned tensor (destroyed, not pooled); the model they belong to is unusable afterwards. */
   release(): void {
-    for (const t of this.owned) t.release();
+    for (const t of this.owned) t.release({ pool: false });
     this.owned.clear();
     this.freed = true;
   }
@@ -92,6 +101,58 @@ export class OwnedWeights implements WeightSource {
   /** Throws `<model>: used after release()` once release() has run: a clearer error than a freed tensor's. */
   checkLive(model: string): void {
     if (this.freed) throw new Error(`${model}: used after release() (its weights are freed; load the model again)`);
+  }
+}
+
+/**
+ * A part whose weights can be freed between uses and loaded again from where they came from
+ * (a pipeline's text encoder: segmentation needs it only to embed a few prompts, and on a CPU
+ * adapter its GPU memory is host RAM the UNet's activations could use).
+ */
+export class Reloadable<M extends Releasable> implements Releasable {
+  private model: M | null;
+  private released = false;
+
+  /** `load` gives a fresh copy of the part; without it the part cannot be offloaded. */
+  constructor(
+    model: M,
+    private readonly what: string,
+    private readonly load?: () => Promise<M>,
+  ) {
+    this.model = model;
+  }
+
+  /** The part; throws when it is offloaded. After release() it is the released part (whose use throws). */
+  get(): M {
+    if (this.released && !this.model) throw new Error(`${this.what}: used after release()`);
+    if (!this.model) throw new Error(`${this.what} is offloaded (its weights were freed after the prompts were embedded); call prepareEmbeddings(prompts) to load it again`);
+    return this.model;
+  }
+
+  get loaded(): boolean {
+    return this.model !== null && !this.released;
+  }
+
+  /** The part, loaded again first if it was offloaded. */
+  async ensure(): Promise<M> {
+    if (this.model || this.released) return this.get();
+    this.model = await this.load!();
+    return this.model;
+  }
+
+  /** Frees the weights where the part can be loaded again; returns whether it did. */
+  offload(): boolean {
+    const m = this.model;
+    if (!m || this.released || !this.load) return false;
+    m.release();
+    this.model = null;
+    return true;
+  }
+
+  /** Frees the part for good: it is not loaded again. */
+  release(): void {
+    this.model?.release();
+    this.released = true;
   }
 }
 

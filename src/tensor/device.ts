@@ -422,10 +422,16 @@ export class Device {
   }
 
   /** Returns a buffer to the pool. Work already recorded that uses it still sees its data
-   *  because every later write goes through the queue after that work. */
-  free(buf: GPUBuffer): void {
+   *  because every later write goes through the queue after that work. With `pool` false
+   *  (a model's weights given back) it is destroyed once that work is submitted instead:
+   *  weights would fill the pool with sizes activations rarely ask for. */
+  free(buf: GPUBuffer, pool = true): void {
     const size = buf.size;
     this.liveBytes -= size;
+    if (!pool) {
+      this.doom(buf, size);
+      return;
+    }
     let list = this.pool.get(size);
     if (!list) this.pool.set(size, (list = []));
     this.poolInsert(list, buf);
@@ -497,10 +503,15 @@ export class Device {
       if (i >= 0) list!.splice(i, 1);
       const bytes = isTex ? textureBytes(o.width, o.height, o.depthOrArrayLayers) : o.size;
       this.pooledBytes -= bytes;
-      this.doomed.push(o);
-      this.doomedBytes += bytes;
+      this.doom(o, bytes);
       this.poolEvictions++;
     }
+  }
+
+  /** Sets a buffer or texture aside to be destroyed at the next submit (work recorded so far may name it). */
+  private doom(o: GPUBuffer | GPUTexture, bytes: number): void {
+    this.doomed.push(o);
+    this.doomedBytes += bytes;
     // Memory waiting for a submit is bounded too.
     if (this.doomedBytes > this.poolCap) this.flush();
   }

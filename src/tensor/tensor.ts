@@ -12,8 +12,8 @@ class Storage {
     readonly device: Device,
     readonly buffer: GPUBuffer,
   ) {}
-  release(): void {
-    if (--this.refs === 0) this.device.free(this.buffer);
+  release(pool = true): void {
+    if (--this.refs === 0) this.device.free(this.buffer, pool);
   }
 }
 
@@ -220,10 +220,11 @@ export class Tensor {
     return new Tensor(this.device, st, s, this.dtype);
   }
 
-  /** Releases the GPU memory (back to the pool). Idempotent. */
-  release(): void {
+  /** Releases the GPU memory: back to the pool, or with `opts.pool` false destroyed after
+   *  the work recorded so far (when no other view shares it). Idempotent. */
+  release(opts?: { pool?: boolean }): void {
     if (!this.storage) return;
-    this.storage.release();
+    this.storage.release(opts?.pool ?? true);
     this.storage = null;
   }
 
