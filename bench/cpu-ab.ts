@@ -5,6 +5,8 @@
 //   matmul a from a texture or from its buffer (cpuGemmTuning.aTexture), f32 and f16 b
 //   Winograd U in f16 or f32 for f16 weights (winogradTuning.f16U), F(2x2) convs
 //   attention q/k/v from textures or buffers (attentionTuning.cpuTextures)
+//   Winograd tiles in 32 MiB chunks or in chunks of one binding (winogradTuning.chunkBytes),
+//   at the VAE encoder's largest conv and the UNet's 64x64 up-block conv
 import { Tensor, type Device } from '../src/tensor/index.js';
 import { conv2d } from '../src/kernels/conv.js';
 import { cpuGemmTuning, matmul } from '../src/kernels/matmul.js';
@@ -15,7 +17,7 @@ import { alternate, rand, row } from './common.js';
 export async function benchCpuAb(dev: Device, json: boolean, opts: { reps?: number; rounds?: number } = {}): Promise<void> {
   const reps = opts.reps ?? Number(process.env.AB_REPS ?? 3);
   const rounds = opts.rounds ?? Number(process.env.AB_ROUNDS ?? 6);
-  const saved = { aTexture: cpuGemmTuning.aTexture, f16U: winogradTuning.f16U, attnTex: attentionTuning.cpuTextures };
+  const saved = { aTexture: cpuGemmTuning.aTexture, f16U: winogradTuning.f16U, attnTex: attentionTuning.cpuTextures, chunk: winogradTuning.chunkBytes };
   const f16 = dev.hasF16 ? (['f32', 'f16'] as const) : (['f32'] as const);
   try {
     const texChoices = { texture: () => void (cpuGemmTuning.aTexture = true), buffer: () => void (cpuGemmTuning.aTexture = false) };
@@ -44,6 +46,17 @@ export async function benchCpuAb(dev: Device, json: boolean, opts: { reps?: numb
       winogradTuning.f16U = saved.f16U;
     }
 
+    const chunkChoices = { '32 MiB chunks': () => void (winogradTuning.chunkBytes = 32 * 2 ** 20), 'binding chunks': () => void (winogradTuning.chunkBytes = Infinity) };
+    for (const [B, ci, co, side] of [[1, 128, 128, 512], [2, 640, 320, 64]] as const) {
+      const x = Tensor.fromArray(dev, rand(B * ci * side * side, 8, 1), [B, ci, side, side]);
+      const w = Tensor.fromArray(dev, rand(co * ci * 9, 9, 0.02), [co, ci, 3, 3]);
+      const t = await alternate(dev, chunkChoices, () => conv2d(x, w, { padding: 1 }).release(), 1, Math.min(rounds, 4));
+      row('conv2d', `3x3 ${ci}->${co} at ${side}x${side} batch ${B}`, 2 * B * co * ci * 9 * side * side, t, json, 'GFLOP/s');
+      x.release();
+      w.release();
+    }
+    winogradTuning.chunkBytes = saved.chunk;
+
     const attnChoices = { textures: () => void (attentionTuning.cpuTextures = true), buffers: () => void (attentionTuning.cpuTextures = false) };
     const n = 4096;
     const H = 8;
@@ -57,5 +70,6 @@ export async function benchCpuAb(dev: Device, json: boolean, opts: { reps?: numb
     cpuGemmTuning.aTexture = saved.aTexture;
     winogradTuning.f16U = saved.f16U;
     attentionTuning.cpuTextures = saved.attnTex;
+    winogradTuning.chunkBytes = saved.chunk;
   }
 }

@@ -266,7 +266,8 @@ describe('conv2d', () => {
     setWinogradMinTiles(1);
     setWinogradTile(2);
     // x and out (8 KiB) and U (4 KiB) fit a 12 KiB limit; V (16, 64 tiles, 8) = 32 KiB does not:
-    // 24 tiles per chunk, three chunks of (input transform, matmul, output transform).
+    // at most 24 tiles per chunk, so three chunks of 22, 22 and 20 tiles (input transform,
+    // matmul, output transform each).
     setMaxBindingBytes(12288);
     expect(await check('cpu', { B: 1, Ci: 8, Co: 8, H: 16, W: 16, k: 3, pad: 1, bias: true, residual: true })).toBeGreaterThanOrEqual(10);
     // U (16, 24, 16) = 24 KiB against 8 KiB: three chunks of 8 output channels, each in two
@@ -277,11 +278,22 @@ describe('conv2d', () => {
     setMaxBindingBytes(16384);
     await check('cpu', { B: 2, Ci: 8, Co: 4, H: 15, W: 13, k: 3, pad: 1, bias: true, act: 'silu' });
     // F(4x4): U (36, 16, 16) = 36 KiB against 16 KiB: four chunks of 4 output channels, each
-    // with V (36, 16 tiles, 16) = 36 KiB in three chunks of 7, 7 and 2 tiles, each an input
+    // with V (36, 16 tiles, 16) = 36 KiB in three chunks of 6, 6 and 4 tiles, each an input
     // transform, the matmul's texture pack of V, the matmul and an output transform: 4 x (1 + 3 x 4)
     setWinogradTile(4);
     setMaxBindingBytes(16384);
     expect(await check('cpu', { B: 1, Ci: 16, Co: 16, H: 16, W: 15, k: 3, pad: 1, bias: true, residual: true, act: 'silu' })).toBe(52);
+    // Chunks of tiles by bytes (winogradTuning.chunkBytes; 32 MiB on a CPU adapter) under a
+    // binding that would hold them all: V (36, 49 tiles, 16) = 113 KiB in 20 KiB chunks, at
+    // most 8 tiles each: seven chunks of 7 tiles, 1 + 7 x 4 dispatches.
+    setMaxBindingBytes(undefined);
+    const saved = winogradTuning.chunkBytes;
+    winogradTuning.chunkBytes = 20 * 1024;
+    try {
+      expect(await check('cpu', { B: 1, Ci: 16, Co: 12, H: 27, W: 25, k: 3, pad: 1, bias: true, act: 'silu' })).toBe(29);
+    } finally {
+      winogradTuning.chunkBytes = saved;
+    }
   });
 
   it('cpu: prepareConvWeight leaves 3x3 weights with channels in multiples of 4 as stored (Winograd and im2col read them so)', async () => {

@@ -42,7 +42,22 @@ let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 :
  * 2560->1280 at 8x8 197 -> 178; by GPU timestamps, 1280->1280 at 8x8: transform 27.5 ->
  * 22.3, batched matmul 48.5 -> 41.5. Outputs move by ~3e-4 of their largest value.
  */
-export const winogradTuning = { weightV4: true, f16U: process.env.ELBO_WINOGRAD_F16U !== '0' };
+export const winogradTuning = {
+  weightV4: true,
+  f16U: process.env.ELBO_WINOGRAD_F16U !== '0',
+  /**
+   * Most bytes of V (and of M) per chunk of tiles; undefined: CPU_CHUNK_BYTES on a CPU
+   * adapter, one storage binding on a GPU. V, its texture copy and M are made per chunk.
+   */
+  chunkBytes: undefined as number | undefined,
+};
+
+/**
+ * V's chunk on a CPU adapter, where GPU memory is host RAM. The VAE encoder's 128-channel
+ * convs at 512x512 took 3 x 128 MB (V, its texture copy, M) for a 128 MB output; in 32 MiB
+ * chunks they take 3 x 32.
+ */
+const CPU_CHUNK_BYTES = 32 * 2 ** 20;
 
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
 export function setWinogradTile(m: 2 | 4 | undefined): void {
@@ -188,7 +203,10 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   // of each in the UNet except its 2560-channel inputs (U would be 210 MB at m = 2).
   const lim = maxBindingBytes(dev);
   const coc = coPerChunk(lim, aa, Ci, Co);
-  const per = Math.min(tiles, tilesPerChunk(lim, aa, Ci, coc));
+  const chunk = Math.min(lim, winogradTuning.chunkBytes ?? (dev.adapter.isFallback ? CPU_CHUNK_BYTES : lim));
+  // Chunks of equal size (a small last chunk would make a ragged matmul of its own).
+  const chunks = Math.ceil(tiles / Math.max(1, tilesPerChunk(chunk, aa, Ci, coc)));
+  const per = Math.ceil(tiles / chunks);
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
     const u = Tensor.empty(dev, [aa, nco, Ci], uH ? 'f16' : 'f32', 'winograd U');
