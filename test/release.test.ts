@@ -205,6 +205,31 @@ describe('StableDiffusionPipeline', () => {
     }
   });
 
+  it('prepareEmbeddings() keeps a bounded number of embeddings, never one it was just asked for', async () => {
+    const pipe = await StableDiffusionPipeline.load(dev, SD15);
+    try {
+      pipe.embeddings.limit = 2;
+      await pipe.prepareEmbeddings(['a cat', 'a dog']);
+      const bytes = pipe.embed('a cat').hidden.buffer.size; // as the pool sizes it
+      const two = await live();
+      await pipe.prepareEmbeddings(['a cat', 'a horse']); // 'a dog' is now the oldest beyond 2
+      expect(await live()).toBe(two);
+      expect(pipe.embeddings.has('a dog')).toBe(false);
+      expect(pipe.embeddings.has('a cat') && pipe.embeddings.has('a horse')).toBe(true);
+      // one call asking for more than the limit keeps all it asked for
+      await pipe.prepareEmbeddings(['a bird', 'a boat', 'a bus']);
+      expect(pipe.embeddings.size).toBe(3);
+      expect(await live()).toBe(two + bytes);
+      // the oldest go first: 'a bird' was prepared before 'a bus'
+      await pipe.prepareEmbeddings(['a bus']);
+      expect(['a bird', 'a boat', 'a bus'].map((p) => pipe.embeddings.has(p))).toEqual([false, true, true]);
+      pipe.clearCache();
+      expect(pipe.embeddings.size).toBe(0);
+    } finally {
+      pipe.release();
+    }
+  });
+
   it('a pipeline built from parts without a loader keeps its text encoder', async () => {
     const loaded = await StableDiffusionPipeline.load(dev, SD15);
     const pipe = StableDiffusionPipeline.fromParts(dev, { tokenizer: loaded.tokenizer, textEncoder: loaded.textEncoder, unet: loaded.unet, vae: loaded.vae, schedule: loaded.schedule });

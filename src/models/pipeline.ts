@@ -9,6 +9,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
+import { EmbeddingCache } from './embeddingCache.js';
 import { Reloadable, loadParts } from './weights.js';
 
 /** A prompt's conditioning: hidden states (1, 77, D), and SDXL's pooled embedding (1, P). */
@@ -32,8 +33,9 @@ export interface DiffusionPipeline {
   /** Cached embedding of a prompt (the caller must not release it). */
   embed(prompt: string): PromptEmbedding;
   /**
-   * Embeds `prompts` ahead of their embed() calls (cached for the pipeline's life), loading
-   * an offloaded text encoder again first.
+   * Embeds `prompts` ahead of their embed() calls, loading an offloaded text encoder again
+   * first. They become the newest of the pipeline's cached embeddings; the oldest beyond its
+   * limit (64 other prompts) are freed, so embeddings from earlier calls may be gone.
    */
   prepareEmbeddings(prompts: readonly string[]): Promise<void>;
   /**
@@ -58,7 +60,8 @@ export interface PipelineOptions {
 }
 
 export class StableDiffusionPipeline implements DiffusionPipeline {
-  private embCache = new Map<string, Tensor>();
+  /** Cached prompt embeddings; prepareEmbeddings keeps at most `embeddings.limit` (64) beyond its own. */
+  readonly embeddings = new EmbeddingCache<Tensor>((t) => t.release());
 
   private constructor(
     readonly dev: Device,
@@ -117,17 +120,17 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
 
   /**
    * The (1, 77, D) text embedding of a prompt (last hidden state, padded to 77 tokens,
-   * truncated as the tokenizer does), cached for the pipeline's lifetime.
+   * truncated as the tokenizer does), cached (see {@link embeddings}).
    */
   encodePrompt(prompt: string): Tensor {
-    let e = this.embCache.get(prompt);
+    let e = this.embeddings.get(prompt);
     if (!e) {
       const { inputIds } = this.tokenizer.call(prompt);
       const out = this.textEncoder.forward([inputIds]);
       out.pooled.release();
       out.textEmbeds?.release();
       e = keep(out.lastHiddenState);
-      this.embCache.set(prompt, e);
+      this.embeddings.set(prompt, e);
     }
     return e;
   }
@@ -137,9 +140,12 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
   }
 
   async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
-    if (prompts.every((p) => this.embCache.has(p))) return;
-    await this.te.ensure();
-    for (const p of prompts) this.encodePrompt(p);
+    const missing = this.embeddings.touch(prompts);
+    if (missing.length) {
+      await this.te.ensure();
+      for (const p of missing) this.encodePrompt(p);
+    }
+    this.embeddings.trim(prompts);
   }
 
   offloadTextEncoder(): number {
@@ -155,8 +161,7 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
 
   /** Frees cached text embeddings. */
   clearCache(): void {
-    for (const t of this.embCache.values()) t.release();
-    this.embCache.clear();
+    this.embeddings.clear();
   }
 
   release(): void {

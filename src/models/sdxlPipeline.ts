@@ -15,6 +15,7 @@ import { DDIMSchedule } from './scheduler.js';
 import { CLIPTokenizer } from './tokenizer.js';
 import { UNet2DConditionModel } from './unet.js';
 import { AutoencoderKL } from './vae.js';
+import { EmbeddingCache } from './embeddingCache.js';
 import { Reloadable, loadParts } from './weights.js';
 
 /**
@@ -53,7 +54,11 @@ export interface CompelEmbedding {
 
 export class StableDiffusionXLPipeline implements DiffusionPipeline {
   readonly segmentationDefaults = SDXL_SEGMENTATION_DEFAULTS;
-  private embCache = new Map<string, { hidden: Tensor; pooled: Tensor }>();
+  /** Cached prompt embeddings; prepareEmbeddings keeps at most `embeddings.limit` (64) beyond its own. */
+  readonly embeddings = new EmbeddingCache<{ hidden: Tensor; pooled: Tensor }>((e) => {
+    e.hidden.release();
+    e.pooled.release();
+  });
   private emptyZ: [Float32Array, Float32Array] | undefined;
 
   private constructor(
@@ -166,20 +171,23 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
 
   /** Cached {@link encodePrompt} (the caller must not release it). */
   embed(prompt: string): PromptEmbedding {
-    let e = this.embCache.get(prompt);
+    let e = this.embeddings.get(prompt);
     if (!e) {
       const out = this.encodePrompt(prompt);
       e = { hidden: keep(out.hidden), pooled: keep(out.pooled) };
-      this.embCache.set(prompt, e);
+      this.embeddings.set(prompt, e);
     }
     return e;
   }
 
   async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
-    if (prompts.every((p) => this.embCache.has(p))) return;
-    await this.te1.ensure();
-    await this.te2.ensure();
-    for (const p of prompts) this.embed(p);
+    const missing = this.embeddings.touch(prompts);
+    if (missing.length) {
+      await this.te1.ensure();
+      await this.te2.ensure();
+      for (const p of missing) this.embed(p);
+    }
+    this.embeddings.trim(prompts);
   }
 
   offloadTextEncoder(): number {
@@ -260,11 +268,7 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
 
   /** Frees cached text embeddings. */
   clearCache(): void {
-    for (const e of this.embCache.values()) {
-      e.hidden.release();
-      e.pooled.release();
-    }
-    this.embCache.clear();
+    this.embeddings.clear();
   }
 
   release(): void {
