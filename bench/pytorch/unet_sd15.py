@@ -96,13 +96,17 @@ class UNet(nn.Module):
             if 'us' in blk: h = blk['us'](F.interpolate(h, scale_factor=2.0, mode='nearest'))
         return s.conv_out(F.silu(s.norm_out(h)))
 
-if __name__ == '__main__':
+def bench_main(build, inputs):
+    """argv: [f32|bf16] [threads=2] [runs=3]; times build()(*inputs(dtype)) without grad."""
     torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
     dt = {'f32': torch.float32, 'bf16': torch.bfloat16}[sys.argv[1] if len(sys.argv) > 1 else 'f32']
     torch.manual_seed(0)
-    m = UNet().eval().to(dt)
+    m = build().eval().to(dt)
     print('params', sum(p.numel() for p in m.parameters()) / 1e6, 'M', flush=True)
-    x = torch.randn(1, 4, 64, 64, dtype=dt); ctx = torch.randn(1, 77, 768, dtype=dt)
+    args = inputs(dt)
     with torch.no_grad():
         for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 3):
-            t0 = time.time(); y = m(x, torch.tensor(500.0), ctx); print(f'run {i}: {time.time() - t0:.2f} s', flush=True)
+            t0 = time.time(); m(*args); print(f'run {i}: {time.time() - t0:.2f} s', flush=True)
+
+if __name__ == '__main__':
+    bench_main(UNet, lambda dt: (torch.randn(1, 4, 64, 64, dtype=dt), torch.tensor(500.0), torch.randn(1, 77, 768, dtype=dt)))

@@ -5,7 +5,8 @@
 # attention as diffusers' AttnProcessor (baddbmm + softmax + bmm), random weights, for a
 # side-by-side timing with `npm run bench -- vae`. Dev-only: the package never runs Python.
 # Usage: python3 bench/pytorch/vae_encoder_sd15.py [f32|bf16] [threads=2] [runs=3]
-import sys, time, torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
+from unet_sd15 import bench_main
 
 def gn(c):
     return nn.GroupNorm(32, c, eps=1e-6)
@@ -54,12 +55,4 @@ class Encoder(nn.Module):
         return s.quant(s.conv_out(F.silu(s.norm_out(h))))
 
 if __name__ == '__main__':
-    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
-    dt = {'f32': torch.float32, 'bf16': torch.bfloat16}[sys.argv[1] if len(sys.argv) > 1 else 'f32']
-    torch.manual_seed(0)
-    m = Encoder().eval().to(dt)
-    print('params', sum(p.numel() for p in m.parameters()) / 1e6, 'M', flush=True)
-    x = torch.randn(1, 3, 512, 512, dtype=dt)
-    with torch.no_grad():
-        for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 3):
-            t0 = time.time(); y = m(x); print(f'run {i}: {time.time() - t0:.2f} s', flush=True)
+    bench_main(Encoder, lambda dt: (torch.randn(1, 3, 512, 512, dtype=dt),))
