@@ -149,9 +149,7 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
   }
 
   offloadTextEncoder(): number {
-    if (!this.te.loaded) return 0;
-    const bytes = this.te.get().weightBytes;
-    return this.te.offload() ? bytes : 0;
+    return this.te.offload();
   }
 
   unetConditioning(embs: readonly PromptEmbedding[]): { encoderHiddenStates: Tensor } {

@@ -191,13 +191,7 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
   }
 
   offloadTextEncoder(): number {
-    let bytes = 0;
-    for (const te of [this.te1, this.te2]) {
-      if (!te.loaded) continue;
-      const b = te.get().weightBytes;
-      if (te.offload()) bytes += b;
-    }
-    return bytes;
+    return this.te1.offload() + this.te2.offload();
   }
 
   /**

@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { findWeightFile, readJsonConfig } from '../io/modelFolder.js';
 import { add, attention, concat, conv2d, gluInterleave, groupNorm, layerNorm, linear, permute, prepareConvWeight, unary, upsampleNearest2x } from '../kernels/index.js';
-import { Tensor, scope, type Device } from '../tensor/index.js';
+import { Tensor, lastUse, scope, type Device } from '../tensor/index.js';
 import type { AttentionStore } from './attentionStore.js';
 import { OwnedWeights, WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
@@ -570,10 +570,4 @@ export class UNet2DConditionModel {
     const back = permute(hs, [0, 2, 1]).reshape([B, C, h, w]);
     return conv2d(back, t.projOut.weight, { bias: t.projOut.bias, residual: x });
   }
-}
-
-/** Releases `used` (its last use was recording `next`) and returns `next`. */
-function lastUse(used: Tensor, next: Tensor): Tensor {
-  if (used !== next) used.release();
-  return next;
 }

@@ -26,7 +26,7 @@ import {
   transpose,
   upsampleNearest2x,
 } from '../kernels/index.js';
-import { Tensor, scope, shapeStr, type Device } from '../tensor/index.js';
+import { Tensor, lastUse, scope, shapeStr, type Device } from '../tensor/index.js';
 import { OwnedWeights, WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
 const EPS = 1e-6;
@@ -268,11 +268,11 @@ class Encoder {
   forward(x: Tensor): Tensor {
     let h = this.convIn.forward(x);
     for (const b of this.downBlocks) {
-      for (const r of b.resnets) h = replace(h, r.forward(h));
-      if (b.downsampler) h = replace(h, downsample(b.downsampler, h));
+      for (const r of b.resnets) h = lastUse(h, r.forward(h));
+      if (b.downsampler) h = lastUse(h, downsample(b.downsampler, h));
     }
-    h = replace(h, this.midBlock.forward(h));
-    return replace(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
+    h = lastUse(h, this.midBlock.forward(h));
+    return lastUse(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
   }
 }
 
@@ -308,20 +308,14 @@ class Decoder {
   /** (B, latent, h, w) -> (B, Cout, h*2^(n-1), w*2^(n-1)) */
   forward(z: Tensor): Tensor {
     let h = this.convIn.forward(z);
-    h = replace(h, this.midBlock.forward(h));
+    h = lastUse(h, this.midBlock.forward(h));
     for (const b of this.upBlocks) {
-      for (const r of b.resnets) h = replace(h, r.forward(h));
+      for (const r of b.resnets) h = lastUse(h, r.forward(h));
       // Upsample2D: nearest 2x, then a 3x3 conv
-      if (b.upsampler) h = replace(h, scope(() => b.upsampler!.forward(upsampleNearest2x(h))));
+      if (b.upsampler) h = lastUse(h, scope(() => b.upsampler!.forward(upsampleNearest2x(h))));
     }
-    return replace(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
+    return lastUse(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
   }
-}
-
-/** Releases `old` as soon as its successor exists: keeps the peak at two activations. */
-function replace(old: Tensor, next: Tensor): Tensor {
-  if (old !== next) old.release();
-  return next;
 }
 
 // ------------------------------------------------------------------------------- model

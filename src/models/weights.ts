@@ -109,7 +109,7 @@ export class OwnedWeights implements WeightSource {
  * (a pipeline's text encoder: segmentation needs it only to embed a few prompts, and on a CPU
  * adapter its GPU memory is host RAM the UNet's activations could use).
  */
-export class Reloadable<M extends Releasable> implements Releasable {
+export class Reloadable<M extends Releasable & { readonly weightBytes: number }> implements Releasable {
   private model: M | null;
   private released = false;
 
@@ -129,10 +129,6 @@ export class Reloadable<M extends Releasable> implements Releasable {
     return this.model;
   }
 
-  get loaded(): boolean {
-    return this.model !== null && !this.released;
-  }
-
   /** The part, loaded again first if it was offloaded. */
   async ensure(): Promise<M> {
     if (this.model || this.released) return this.get();
@@ -140,13 +136,14 @@ export class Reloadable<M extends Releasable> implements Releasable {
     return this.model;
   }
 
-  /** Frees the weights where the part can be loaded again; returns whether it did. */
-  offload(): boolean {
+  /** Frees the weights where the part can be loaded again; returns the bytes freed (0: it did not). */
+  offload(): number {
     const m = this.model;
-    if (!m || this.released || !this.load) return false;
+    if (!m || this.released || !this.load) return 0;
+    const bytes = m.weightBytes;
     m.release();
     this.model = null;
-    return true;
+    return bytes;
   }
 
   /** Frees the part for good: it is not loaded again. */

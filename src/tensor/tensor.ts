@@ -114,6 +114,16 @@ export function keep<T extends Tensor>(t: T): T {
   return t;
 }
 
+/**
+ * Releases `used`, whose last use was recording `next`, and returns `next` (unless they are
+ * the same tensor). Work already recorded still reads it: the pool hands its buffer out only
+ * to work recorded later. For chains such as `h = lastUse(h, conv(h))`.
+ */
+export function lastUse(used: Tensor, next: Tensor): Tensor {
+  if (used !== next) used.release();
+  return next;
+}
+
 // ---------------------------------------------------------------- tensor
 export class Tensor {
   readonly shape: Shape;
