@@ -13,7 +13,8 @@
 #                                 (pipeline compiles, bench -- compile), with and without the
 #                                 driver's disk cache, a segmentation run twice in one process,
 #                                 the VAE; then the kernel tests, or the attention tests
-# Logs and a summary go to $OUT (default $TMPDIR/gpu-bench); GPU_BUDGET seconds in all (560).
+# Logs and a summary go to $OUT (default $TMPDIR/gpu-bench); GPU_BUDGET seconds in all (560);
+# GPU_SKIP="ab kernels" leaves out the steps so named.
 set -u
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -24,6 +25,7 @@ log() { echo "[$((SECONDS - T0))s] $*"; }
 step() { # step NAME LIMIT CMD...: runs CMD with its output in $OUT/NAME.log, within the budget
   local name=$1 t=$2
   shift 2
+  case " ${GPU_SKIP:-} " in *" $name "*) log "skip $name (GPU_SKIP)"; echo "$name skipped" >>"$OUT/summary.txt"; return 98 ;; esac
   local left=$((${GPU_BUDGET:-560} - (SECONDS - T0)))
   [ "$left" -lt "$t" ] && t=$left
   if [ "$t" -lt 15 ]; then log "skip $name (out of time)"; echo "$name skipped" >>"$OUT/summary.txt"; return 99; fi
