@@ -68,7 +68,7 @@ export async function benchVae(dev: Device, o: ModelBenchOptions): Promise<Model
   run();
   await dev.sync();
   dev.resetPeak();
-  if (o.profile) await printProfile(dev, 'one VAE encode', run);
+  if (o.profile) await printProfile(dev, 'one VAE encode', run, o.profileShapes ?? 0);
   const { seconds, run_seconds } = await timeIt(dev, o.runs, run);
   return { model: 'vae-encoder', dtype: 'f32', batch: o.batch, seconds, tflops: (vaeEncoderFlops(S) * o.batch) / seconds / 1e12, peak_mb: dev.peakLiveBytes / 2 ** 20, ...rss(), run_seconds };
 }

@@ -11,6 +11,11 @@ struct P { B: u32, Ci: u32, H: u32, W: u32, tx: u32, t0: u32, nt: u32, nx: u32, 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> xs: array<f32>;
 fn ldx(i: u32) -> f32 { return xs[i]; }
+//#elif IN_V2
+// TM = 6 and W % 2 == 0: each patch row is x[6 tx - 1], three aligned vec2, x[6 tx + 6]
+@group(0) @binding(1) var<storage, read> x: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> xs: array<f32>;
+fn ldx(i: u32) -> f32 { return xs[i]; }
 //#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 //#endif
@@ -49,6 +54,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       d[TA * r + 3u][k] = mid.z;
       d[TA * r + 4u][k] = mid.w;
       d[TA * r + 5u][k] = right;
+    }
+  }
+//#elif IN_V2
+  let x0 = TM * tile.tx;
+  for (var r = 0u; r < TA; r++) {
+    let y = i32(TM * tile.ty + r) - 1;
+    for (var k = 0u; k < 4u; k++) {
+      var left = 0.0;
+      var mid = array<vec2<f32>, 3>();
+      var right = 0.0;
+      if (y >= 0 && y < i32(p.H)) {
+        let o = cb + k * hw + u32(y) * p.W + x0;
+        for (var j = 0u; j < 3u; j++) {
+          if (x0 + 2u * j < p.W) { mid[j] = x[(o >> 1u) + j]; }
+        }
+        if (x0 > 0u) { left = ldx(o - 1u); }
+        if (x0 + 6u < p.W) { right = ldx(o + 6u); }
+      }
+      d[TA * r][k] = left;
+      for (var j = 0u; j < 3u; j++) {
+        d[TA * r + 1u + 2u * j][k] = mid[j].x;
+        d[TA * r + 2u + 2u * j][k] = mid[j].y;
+      }
+      d[TA * r + 7u][k] = right;
     }
   }
 //#else

@@ -17,6 +17,10 @@ fn ldBias(i: u32) -> f32 { return bias[i]; }
 // TM = 4 and Wo % 4 == 0: each tile row of a channel is one aligned vec4
 @group(0) @binding(3) var<storage, read> res: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+//#elif OUT_V2
+// TM = 6 and Wo % 2 == 0: each tile row of a channel is three aligned vec2 (all in or all out)
+@group(0) @binding(3) var<storage, read> res: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec2<f32>>;
 //#else
 @group(0) @binding(3) var<storage, read> res: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -58,6 +62,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let o = ((tile.b * p.CoAll + p.co0 + 4u * tile.c4 + k) * hw + oy * p.Wo + TM * tile.tx) >> 2u;
         if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
         out[o] = val;
+      }
+    }
+  }
+//#elif OUT_V2
+  for (var r = 0u; r < TM; r++) {
+    let oy = TM * tile.ty + r;
+    if (oy < p.Ho) {
+      for (var k = 0u; k < 4u; k++) {
+        let row = (tile.b * p.CoAll + p.co0 + 4u * tile.c4 + k) * hw + oy * p.Wo + TM * tile.tx;
+        for (var j = 0u; j < 3u; j++) {
+          if (TM * tile.tx + 2u * j < p.Wo) {
+            var val = vec2<f32>(y[TM * r + 2u * j][k], y[TM * r + 2u * j + 1u][k]) + vec2<f32>(bv[k]);
+            if (p.act == 1u) { val = val / (vec2<f32>(1.0) + exp(-val)); }
+            let o = (row >> 1u) + j;
+            if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
+            out[o] = val;
+          }
+        }
       }
     }
   }

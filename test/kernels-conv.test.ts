@@ -160,12 +160,14 @@ describe('conv2d', () => {
   });
 
   // The 'cpu' variant computes 3x3 stride-1 pad-1 convs with >= 16 output 2x2 tiles (8x8) by
-  // Winograd F(2x2, 3x3), and with >= 64 4x4 tiles per image by F(4x4, 3x3) (src/kernels/winograd.ts);
-  // here from one tile on with each tile size forced, so odd shapes reach both: edge tiles,
-  // batches, channels that are multiples of 4, fused epilogues. Same tolerance as the direct
-  // kernel (1e-4 x max(1, |ref|)); F(4x4) loses more bits than F(2x2) but stays well within
-  // it (bench, 320->320 at 64x64: 2.3e-5 at max |ref| 5.3; 2560->1280: 1.7e-4 at 12.3).
-  for (const m of [2, 4] as const) {
+  // Winograd F(2x2, 3x3), with >= 64 4x4 tiles per image by F(4x4, 3x3), and from 128x128
+  // output pixels per call by F(6x6, 3x3) (src/kernels/winograd.ts); here from one tile on
+  // with each tile size forced, so odd shapes reach all three: edge tiles, batches, channels
+  // that are multiples of 4, fused epilogues, rows of a multiple of 4 (F(4x4)'s vec4 rows)
+  // and of even length (F(6x6)'s vec2 rows). Same tolerance as the direct kernel
+  // (1e-4 x max(1, |ref|)); F(4x4) and F(6x6) lose more bits than F(2x2) but stay within it
+  // (bench, 320->320 at 64x64: F(4x4) 2.3e-5 at max |ref| 5.3; 2560->1280: 1.7e-4 at 12.3).
+  for (const m of [2, 4, 6] as const) {
     it(`cpu: the Winograd F(${m}x${m}, 3x3) path agrees with the CPU reference`, async () => {
       dev = await getDevice();
       if (dev.kind !== 'cpu') return; // the path is lavapipe's ('cpu' adapters) only
@@ -182,6 +184,9 @@ describe('conv2d', () => {
       // W % 4 == 0: F(4x4) reads and writes each tile row as one vec4 (rows still cut at H = 10)
       await wino({ B: 2, Ci: 8, Co: 8, H: 10, W: 12, k: 3, bias: true, residual: true, act: 'silu' });
       await wino({ B: 1, Ci: 4, Co: 4, H: 4, W: 4, k: 3, residual: true });
+      // W even, not a multiple of 6: F(6x6)'s vec2 rows with the last tile cut to 2 and to 4 columns
+      await wino({ B: 2, Ci: 8, Co: 8, H: 11, W: 8, k: 3, bias: true, residual: true, act: 'silu' });
+      await wino({ B: 1, Ci: 128, Co: 8, H: 12, W: 10, k: 3, residual: true }); // 128-channel sums
       if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
       // The weight transform one input channel per invocation (the path of other weight
       // layouts and of F(4x4)) instead of four (F(2x2) on stored weights).
@@ -210,14 +215,23 @@ describe('conv2d', () => {
     });
   }
 
-  it('cpu: Winograd takes F(4x4, 3x3) from 64 4x4 tiles per image on, F(2x2, 3x3) below', () => {
+  it('cpu: Winograd takes F(4x4, 3x3) from 64 4x4 tiles per image on, F(2x2, 3x3) below, F(6x6, 3x3) on large images', () => {
     expect(winogradTileFor(32, 32)).toBe(4); // the UNet's 32x32 and 64x64 levels
     expect(winogradTileFor(16, 16)).toBe(2); // its 16x16 level, whatever the batch
     expect(winogradTileFor(29, 31)).toBe(4); // 8 x 8 tiles, edge tiles cut
     expect(winogradTileFor(28, 28)).toBe(2); // 7 x 7
     expect(winogradTileFor(8, 512)).toBe(4); // 2 x 128
+    // F(6x6) on 'cpu' adapters from 128 x 128 output pixels per call: the VAE encoder's
+    // 512, 256 and 128 levels; not the UNet's 64x64 level at batch 1 or 2 (measured slower or even)
+    expect(winogradTileFor(512, 512, 1, true)).toBe(6);
+    expect(winogradTileFor(128, 128, 1, true)).toBe(6);
+    expect(winogradTileFor(64, 64, 4, true)).toBe(6);
+    expect(winogradTileFor(64, 64, 2, true)).toBe(4);
+    expect(winogradTileFor(64, 64, 1, true)).toBe(4);
+    expect(winogradTileFor(512, 512, 1, false)).toBe(4); // GPU adapters keep F(4x4)
     setWinogradTile(2);
     expect(winogradTileFor(64, 64)).toBe(2);
+    expect(winogradTileFor(512, 512, 1, true)).toBe(2);
   });
 
   // Strided convs on 'cpu' (Ci * kh * kw a multiple of 4): im2col patches in chunks of

@@ -1,7 +1,7 @@
-// 3x3 convolution, stride 1, padding 1, by Winograd's F(m x m, 3x3), m = 2 or 4: per m x m
+// 3x3 convolution, stride 1, padding 1, by Winograd's F(m x m, 3x3), m = 2, 4 or 6: per m x m
 // output tile the 3x3 conv becomes a^2 elementwise products (a = m + 2) in a transformed
 // domain, which over all tiles and channels are a^2 independent matrix products
-// (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2) or 4x (m = 4) fewer
+// (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2), 4x (m = 4) or 5.1x (m = 6) fewer
 // multiply-adds than the direct conv, run by the engine's fastest kernel.
 //   U[e] = G g G^T      (shaders/winograd_weight.wgsl, per call: write-bound, ~8% of a UNet)
 //   V[e] = B^T d B      (shaders/winograd_input.wgsl)
@@ -9,8 +9,8 @@
 //   y    = A^T M A (+ bias, SiLU, residual)  (shaders/winograd_output.wgsl)
 // The transforms' arithmetic is generated from the matrices below (zero terms left out).
 // F(4x4, 3x3) is numerically weaker than F(2x2, 3x3) (errors several times larger, see F4)
-// and needs enough 4x4 tiles to fill the matmul's rows, so small images take m = 2 (see
-// winogradTileFor).
+// and needs enough 4x4 tiles to fill the matmul's rows, so small images take m = 2; F(6x6, 3x3)
+// is weaker again and pays only on large images (the VAE encoder's), see winogradTileFor.
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies), and by its 'gpu' variant
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
@@ -23,7 +23,7 @@ let minTiles = DEFAULT_MIN_TILES;
 const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 /**
  * 4x4 tiles per image from which F(4x4, 3x3) is used (32x32 images and up: the UNet's 64x64
- * and 32x32 levels); ELBO_WINOGRAD_TILE=2 or 4 forces one size. Measured (lavapipe, f32,
+ * and 32x32 levels); ELBO_WINOGRAD_TILE=2, 4 or 6 forces one size. Measured (lavapipe, f32,
  * equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at 64x64 26 -> 39, 640->640
  * at 32x32 23 -> 41. At 16x16 F(4x4) is faster from two images on (batch 2, prepared
  * weights, ms: 1280->1280 960 -> 526, 2560->1280 1309 -> 1142) but not taken: through the
@@ -31,7 +31,8 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
  * golden UNet (16x16 latents, CFG batch) by 3.6e-4, above that test's 2e-4.
  */
 const MIN_TILES_4 = 64;
-let forcedTile: 2 | 4 | undefined = process.env.ELBO_WINOGRAD_TILE === '2' ? 2 : process.env.ELBO_WINOGRAD_TILE === '4' ? 4 : undefined;
+type TileSize = 2 | 4 | 6;
+let forcedTile: TileSize | undefined = (['2', '4', '6'] as const).includes(process.env.ELBO_WINOGRAD_TILE as '2') ? (Number(process.env.ELBO_WINOGRAD_TILE) as TileSize) : undefined;
 
 /**
  * Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight
@@ -60,7 +61,7 @@ export const winogradTuning = {
 const CPU_CHUNK_BYTES = 32 * 2 ** 20;
 
 /** Tests and benchmarks: force the output tile size (undefined: chosen per conv). */
-export function setWinogradTile(m: 2 | 4 | undefined): void {
+export function setWinogradTile(m: TileSize | undefined): void {
   forcedTile = m;
 }
 
@@ -96,6 +97,9 @@ const F2 = toomCook([0, 1, -1]);
 // f32 simulation of 320-channel tiles a 4x smaller worst error (2.7e-5 vs 1.1e-4 at weights
 // 0.05 randn; F(2x2) 4.1e-6).
 const F4 = toomCook([0, 1, -1, 0.5, -2]);
+// F(6x6): points 0, +-1, +-1/2, +-2 (the usual choice; with -1/3 in place of -2 the worst
+// error in the same simulation was 20x larger).
+const F6 = toomCook([0, 1, -1, 0.5, -0.5, 2, -2]);
 
 /** WGSL for sum_k c[k] * term(k), zero terms left out, unit coefficients without a product. */
 function lin(c: number[], term: (k: number) => string): string {
@@ -129,13 +133,34 @@ function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Reco
   return buildShader(`winograd_${side}`, defines, { TM: al.m, TA: al.a, TAA: al.a * al.a, TMM: al.m * al.m, TRANSFORM: transformCode(al, side) });
 }
 
-/** The output tile size m of F(m x m, 3x3) for H x W images (see MIN_TILES_4). */
-export function winogradTileFor(H: number, W: number): 2 | 4 {
-  return forcedTile ?? (Math.ceil(H / 4) * Math.ceil(W / 4) >= MIN_TILES_4 ? 4 : 2);
+/**
+ * Output pixels per call (batch x height x width) from which a 'cpu' adapter takes F(6x6, 3x3)
+ * (a = 8: 64 products per 36 outputs against F(4x4)'s 36 per 16, so 21% fewer words through
+ * every stage, but a weight transform 64/36 as large per call). Alternated with F(4x4) on
+ * lavapipe (2-core Zen 5, 2026-11-27, median of 4), f32: the VAE encoder's 128->128 at 512x512
+ * x1.11, 256->256 at 256x256 x1.15, 512->512 at 128x128 x1.22, 512->512 at 64x64 x1.06; the
+ * UNet's 320->320 at 64x64 x0.91 (batch 1) and x1.02 (batch 2), 640->320 at 64x64 batch 2
+ * x1.02, 640->640 at 32x32 batch 2 x0.91, 1280->640 at 32x32 batch 2 x0.69; at the threshold,
+ * SDXL's 320->320 and 640->320 at 128x128 x1.09 and x1.22, and 960->320 at 64x64 batch 4
+ * x1.29 (the weight transform weighs less the more pixels share it). Its rounding is
+ * 4-5x F(4x4)'s (f32 simulation, 128 and 512 channels: 1.2e-5 and 2.6e-5 of max |y|), within
+ * the kernel tests' 1e-4. GPU adapters keep F(4x4) (not measured there).
+ */
+const F6_MIN_PIXELS = 128 * 128;
+
+/**
+ * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
+ * tiles per image (see MIN_TILES_4), F(6x6) on a 'cpu' adapter from F6_MIN_PIXELS on, else F(4x4).
+ */
+export function winogradTileFor(H: number, W: number, B = 1, cpu = false): TileSize {
+  if (forcedTile) return forcedTile;
+  if (Math.ceil(H / 4) * Math.ceil(W / 4) < MIN_TILES_4) return 2;
+  return cpu && B * H * W >= F6_MIN_PIXELS ? 6 : 4;
 }
 
-function winogradAlgo(H: number, W: number): Algo {
-  return winogradTileFor(H, W) === 4 ? F4 : F2;
+function winogradAlgo(dev: Device, B: number, H: number, W: number): Algo {
+  const m = winogradTileFor(H, W, B, dev.kind === 'cpu');
+  return m === 6 ? F6 : m === 4 ? F4 : F2;
 }
 
 /** Tests: take the Winograd path from `n` tiles on (Infinity: never; undefined: the default). */
@@ -174,7 +199,7 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
   if (Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W) * 4 > lim) return false;
-  const aa = winogradAlgo(a.H, a.W).a ** 2;
+  const aa = winogradAlgo(dev, a.B, a.H, a.W).a ** 2;
   const coc = coPerChunk(lim, aa, a.Ci, a.Co);
   return coc >= 4 && tilesPerChunk(lim, aa, a.Ci, coc) >= 1;
 }
@@ -192,7 +217,7 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
-  const al = winogradAlgo(H, W);
+  const al = winogradAlgo(dev, B, H, W);
   // f16 U for F(2x2) only: F(4x4)'s output transform (entries up to 8) magnifies U's
   // rounding (320->320 at 64x64: 3.6e-3 at max |y| 1.7, vs 1.2e-3 at 3.3 for F(2x2)
   // 1280->1280 at 16x16) for a gain within noise (640->640 at 32x32: 129 -> 135 ms).
@@ -238,24 +263,26 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
 function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
   const { x, out, B, Ci, Co, H, W } = g;
   const tx = Math.ceil(W / al.m);
-  // 4x4 tiles on rows of a multiple of 4: each tile row is an aligned vec4 of x and of out
+  // 4x4 tiles on rows of a multiple of 4: each tile row is an aligned vec4 of x and of out;
+  // 6x6 tiles on rows of even length: three aligned vec2
   const v4 = al.m === 4 && W % 4 === 0;
+  const v2 = al.m === 6 && W % 2 === 0;
   const v = Tensor.empty(dev, [al.a * al.a, nt, Ci], 'f32', 'winograd V');
   let m: Tensor | undefined;
   try {
     {
-      const pipeline = dev.pipeline(`winograd_input:${al.m}:${v4}`, () => winoShader(al, 'input', { IN_V4: v4 }));
+      const pipeline = dev.pipeline(`winograd_input:${al.m}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-        bindings: v4 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
+        bindings: v4 || v2 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
     m = matmul(v, u, { transB: true, variant: g.variant ?? 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4 }));
+      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
