@@ -41,6 +41,8 @@ fn ldB(i: u32) -> f32 {
   return b[i >> 2u][i & 3u];
 //#elif B_H8 || B_TH8
   return unpack2x16float(b[i >> 3u][(i >> 1u) & 3u])[i & 1u];
+//#elif B_TH4
+  return unpack2x16float(b[i >> 2u][(i >> 1u) & 1u])[i & 1u];
 //#elif B_F16
   return unpack2x16float(b[i >> 1u])[i & 1u];
 //#else
@@ -141,6 +143,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let w = subgroupBroadcast(mine[c % CPL], c / CPL);
       for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
     }
+//#elif B_TH4 && SG_B
+    // f16 b, 4 halves of K per load: the f32 B_T4 path after one unpack per loaded column
+    var mine: array<vec4<f32>, CPL>;
+    for (var j = 0u; j < CPL; j++) {
+      let h = b[(myc[j] + k) >> 2u];
+      mine[j] = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+    }
+    for (var c = 0u; c < TN; c++) {
+      let w = subgroupBroadcast(mine[c % CPL], c / CPL);
+      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
+    }
 //#elif B_TH8 && SG_B
     // Each lane unpacks its own columns once, then broadcasts f32s: unpacking after the
     // broadcast would convert every column in every lane.
@@ -157,6 +170,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#elif B_T4
     for (var c = 0u; c < TN; c++) {
       let w = b[(bc[c] + k) >> 2u];
+      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
+    }
+//#elif B_TH4
+    for (var c = 0u; c < TN; c++) {
+      let h = b[(bc[c] + k) >> 2u];
+      let w = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
       for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
     }
 //#elif B_H8

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { matmul, linear, gemv, setMaxBindingBytes, sgRowsPerLane, cpuGemmTuning, packTuning, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
-import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
+import { asVariant, cpuTestOverrides, gemmVariants, type TestVariant } from './helpers/variants.js';
 
 const ACTS: Record<Act, (x: number) => number> = {
   none: (x) => x,
@@ -146,16 +146,34 @@ describe('matmul', () => {
     }
   });
 
+  // f16 b in the nn.Linear layout (transB) is read 4 halves of K per load where K % 4 == 0
+  // (the cpu kernel's B_TH4, the default) or 8 where K % 8 == 0 (B_TH8, f16K4 off); K = 36
+  // and 44 reach B_TH4 only, 72 and 16 both, 33 and 17 neither (scalar loads).
   it('reads f16 b (packed two per u32) in every layout', async () => {
     dev = await getDevice();
     if (!dev.hasF16) return;
-    for (const variant of VARIANTS) {
-      for (const transB of [false, true]) {
-        await check(variant, 1, 77, 257, 33, { f16: true, transB });
-        await check(variant, 1, 40, 64, 72, { f16: true, transB });
-        await check(variant, 2, 16, 24, 16, { f16: true, transB, bias: new Float32Array(), act: 'gelu' });
-        await check(variant, 1, 1, 33, 17, { f16: true, transB });
+    for (const f16K4 of [true, false]) {
+      cpuTestOverrides.f16K4 = f16K4;
+      try {
+        for (const variant of VARIANTS) {
+          for (const transB of [false, true]) {
+            await check(variant, 1, 77, 257, 33, { f16: true, transB });
+            await check(variant, 1, 40, 64, 72, { f16: true, transB });
+            await check(variant, 1, 70, 40, 36, { f16: true, transB, bias: new Float32Array(), residual: new Float32Array() });
+            await check(variant, 3, 9, 12, 44, { f16: true, transB });
+            await check(variant, 2, 16, 24, 16, { f16: true, transB, bias: new Float32Array(), act: 'gelu' });
+            await check(variant, 1, 1, 33, 17, { f16: true, transB });
+          }
+        }
+      } finally {
+        delete cpuTestOverrides.f16K4;
       }
+    }
+    if (dev.kind === 'cpu') {
+      // both load modes were compiled (and so taken) by the cpu variant, with the SG_B block
+      const keys = dev.compileLog.map((c) => c.key).filter((k) => k.startsWith('matmul_cpu:'));
+      expect(keys.some((k) => k.includes('B_TH4') && k.includes('SG_B'))).toBe(true);
+      expect(keys.some((k) => k.includes('B_TH8') && k.includes('SG_B'))).toBe(true);
     }
   });
 

@@ -29,6 +29,8 @@ export async function runDoctor(args: string[]): Promise<number> {
   const cpuKernels = {
     matmulATexture: cpuGemmTuning.aTexture,
     matmulTile: `${cpuGemmTuning.sgTile.TM}x${cpuGemmTuning.sgTile.NV}`,
+    matmulTileF16: `${cpuGemmTuning.sgTileF16.TM}x${cpuGemmTuning.sgTileF16.NV}`,
+    matmulF16K4: cpuGemmTuning.f16K4,
     attentionTextures: attentionTuning.cpuTextures,
     attentionTile: `${attentionTuning.cpuFwd.R}x${attentionTuning.cpuFwd.JB}`,
     winogradF16U: winogradTuning.f16U,
@@ -70,7 +72,8 @@ export async function runDoctor(args: string[]): Promise<number> {
   );
   const c = cpuKernels;
   console.log(
-    `'cpu' kernels${dev.kind === 'cpu' ? '' : ' (when asked for)'}: matmul a from a texture ${on(c.matmulATexture)} (ELBO_MATMUL_ATEX), tile ${c.matmulTile}; ` +
+    `'cpu' kernels${dev.kind === 'cpu' ? '' : ' (when asked for)'}: matmul a from a texture ${on(c.matmulATexture)} (ELBO_MATMUL_ATEX), tile ${c.matmulTile} (f32 b) / ${c.matmulTileF16} (f16 b), ` +
+      `f16 b read 4 halves of K per load ${on(c.matmulF16K4)} (ELBO_MATMUL_F16_K4); ` +
       `attention q/k/v from textures ${on(c.attentionTextures)} (ELBO_ATTN_TEX), tile ${c.attentionTile}; ` +
       `3x3 convs by Winograd ${on(c.winograd)} (ELBO_WINOGRAD), f16 U for f16 weights ${on(c.winogradF16U)} (ELBO_WINOGRAD_F16U)`,
   );

@@ -285,13 +285,24 @@ export const cpuGemmTuning = {
   aTexture: process.env.ELBO_MATMUL_ATEX !== '0',
   /**
    * Rows per lane x vec4 columns of the SG_B block (fewer rows for short problems) with a
-   * from the texture, and with a from its buffer. With the texture, loads of a are cheap
-   * enough that 8 rows per lane (each broadcast column of b used 8 times) beat 4:
-   * 4096x320x1280 f32 17.4 -> 20.5 GFLOP/s, f16 b 19.2 -> 22.1, one process; without it 4
-   * rows stay best.
+   * from the texture (f32 b, then f16 b), and with a from its buffer. With the texture, loads
+   * of a are cheap enough that 8 rows per lane (each broadcast column of b used 8 times) beat
+   * 4 on a 2-core Zen 4: 4096x320x1280 f32 17.4 -> 20.5 GFLOP/s, f16 b 19.2 -> 22.1, one
+   * process; without it 4 rows stay best. On a 2-core Zen 5 (2026-11-27, alternated, median
+   * of 6; 4096x320x1280, 1024x640x640, 4096x1280x320, 256x1280x10240): f32 b 6 rows x1.06-1.26
+   * over 8 (7 rows about the same as 6; 5, 4 and 8x4, 8x6, 6x6, 6x10, 4x16 slower); f16 b
+   * read 4 halves per load (f16K4) 8 rows x1.39-1.47 over f32 b's 8 rows, 6 rows x1.19-1.27.
    */
-  sgTile: { TM: 8, NV: 8 },
+  sgTile: { TM: 6, NV: 8 },
+  /** The same with f16 b (B_TH4, or B_TH8 when f16K4 is off). */
+  sgTileF16: { TM: 8, NV: 8 },
   sgTileBuffer: { TM: 4, NV: 8 },
+  /**
+   * f16 b in the nn.Linear layout read 4 halves of K per load (B_TH4, K % 4 == 0; KS = 4, as
+   * f32 b) instead of 8 (B_TH8, K % 8 == 0; KS = 8, twice the broadcast block live per step).
+   * ELBO_MATMUL_F16_K4=0 for B_TH8.
+   */
+  f16K4: process.env.ELBO_MATMUL_F16_K4 !== '0',
   /** Test hook: texture rows / layers below the adapter's limits (exercises the splits). */
   textureLimit: undefined as { rows: number; layers: number } | undefined,
 };
@@ -409,7 +420,8 @@ function cpuModes(g: Gemm, M: number, N: number, aOff: number, bOff: number, NV:
   } else {
     d.B_F16 = true;
     if (b.cs === 1 && m8(b.rs) && m8(b.bs) && m8(bOff) && m8(N) && N > 0 && NV % 2 === 0) d.B_H8 = true;
-    else if (b.rs === 1 && m8(b.cs) && m8(b.bs) && m8(bOff)) d.B_TH8 = true;
+    else if (b.rs === 1 && m8(b.cs) && m8(b.bs) && m8(bOff) && !cpuGemmTuning.f16K4) d.B_TH8 = true;
+    else if (b.rs === 1 && m4(b.cs) && m4(b.bs) && m4(bOff)) d.B_TH4 = true;
   }
   return d;
 }
@@ -436,9 +448,9 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk, aTex = false): { pipeline: 
   // b in the nn.Linear layout with subgroups of >= 8 lanes: the 8 lanes share the block's
   // columns of b, each loads 1/8 of them and broadcasts (SG_B in shaders/matmul_cpu.wgsl).
   // b then costs little, so the block turns wide and short.
-  const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8));
+  const sg = Boolean(g.shape !== 'gemv' && !COL_LANES && SG && subgroupsOf8(dev) && (d.B_T4 || d.B_TH8 || d.B_TH4));
   // Fewer rows per lane for short problems, except with a read as 4-row vec4s (A_T4).
-  const sgTile = aTex ? cpuGemmTuning.sgTile : cpuGemmTuning.sgTileBuffer;
+  const sgTile = aTex ? (g.b.t.dtype === 'f16' ? cpuGemmTuning.sgTileF16 : cpuGemmTuning.sgTile) : cpuGemmTuning.sgTileBuffer;
   if (sg) ({ TM, NV } = TILE_OVERRIDE ?? { NV: sgTile.NV, TM: d.A_T4 ? sgTile.TM : sgRowsPerLane(c.M, sgTile.TM) });
   d.BIAS_F16 = biasF16;
   // GLU: epilogue4 gets 4 neighbouring columns starting at a multiple of 4, two whole pairs.
@@ -451,7 +463,7 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk, aTex = false): { pipeline: 
   if (sg && NV % 2 === 0) d.SG_B = true;
   const KS = d.B_H8 || d.B_TH8 ? 8 : 4;
   const A_VEC = d.A_V4 || d.A_T4 ? 'vec4<f32>' : 'f32';
-  const B_VEC = d.B_V4 || d.B_T4 ? 'vec4<f32>' : d.B_H8 || d.B_TH8 ? 'vec4<u32>' : d.B_F16 ? 'u32' : 'f32';
+  const B_VEC = d.B_V4 || d.B_T4 ? 'vec4<f32>' : d.B_H8 || d.B_TH8 ? 'vec4<u32>' : d.B_TH4 ? 'vec2<u32>' : d.B_F16 ? 'u32' : 'f32';
   const key = `matmul_cpu:${TM}x${NV}:${Object.keys(d).filter((k) => d[k]).sort().join(',')}`;
   const pipeline = dev.pipeline(key, () => (d.SG_B ? 'enable subgroups;\n' : '') + buildShader('matmul_cpu', d, { TM, NV, TN: 4 * NV, KS, A_VEC, B_VEC, CPL: Math.max(1, NV / 2) }));
   return { pipeline, tile: colLanes ? [TM, 4 * NV * 8] : [TM * 8, 4 * NV] };

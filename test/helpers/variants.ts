@@ -17,11 +17,14 @@ export function gemmVariants(opts: { whole?: boolean } = {}): TestVariant[] {
   return env ? all.filter((v) => env.includes(v)) : all;
 }
 
+/** cpuGemmTuning choices a test sets on top of each variant's (e.g. f16K4 off). */
+export const cpuTestOverrides: Partial<typeof cpuGemmTuning> = {};
+
 /** Sets gpuGemmTuning for `v` and returns the variant to pass to matmul / conv2d. */
 export function asVariant(v: TestVariant): MatmulVariant {
   Object.assign(gpuGemmTuning, DEFAULTS, { kernel: v.startsWith('gpu2') ? 'v2' : 'v1', winograd: v === 'gpu2-wino' ? 'all' : 'off' });
   if (v === 'gpu2' || v === 'gpu2-wino') gpuGemmTuning.minSplitK = 16;
   if (v === 'gpu2-whole') gpuGemmTuning.targetWorkgroups = 0;
-  Object.assign(cpuGemmTuning, CPU_DEFAULTS, { aTexture: v !== 'cpu-buf' });
+  Object.assign(cpuGemmTuning, CPU_DEFAULTS, { aTexture: v !== 'cpu-buf' }, cpuTestOverrides);
   return v.startsWith('gpu2') ? 'gpu' : v === 'cpu-buf' ? 'cpu' : (v as MatmulVariant);
 }
