@@ -29,7 +29,7 @@ describe('device', () => {
     const out = await x.toArray();
     // 100 dispatches, one upload and one read: a submit per maxBatch dispatches (16 on a CPU
     // adapter, 128 on a GPU) and one for the read, far fewer than the dispatches.
-    expect(dev.maxBatch).toBe(dev.adapter.isFallback ? 16 : 128);
+    expect(dev.maxBatch).toBe(dev.hostMemory ? 16 : 128);
     expect(dev.submitCount - submitsBefore).toBeLessThanOrEqual(Math.ceil(100 / dev.maxBatch) + 2);
     for (let i = 0; i < n; i++) expect(out[i]).toBeCloseTo(data[i]! * 1.01 ** 100, 4);
     x.release();

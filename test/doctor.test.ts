@@ -12,7 +12,8 @@ describe('doctor', () => {
     expect(text.out).toMatch(/features:\s+shader-f16 (yes|no), subgroups (yes|no), timestamp-query (yes|no)/);
     expect(text.out).toContain(`maxStorageBufferBindingSize          ${dev.limits.maxStorageBufferBindingSize}`);
     // A CPU adapter's buffers are host memory: its pool keeps 512 MiB of free buffers, a GPU's 2 GiB.
-    expect(dev.poolCap).toBe((dev.adapter.isFallback ? 512 : 2048) * 2 ** 20);
+    expect(dev.hostMemory).toBe(dev.adapter.isFallback);
+    expect(dev.poolCap).toBe((dev.hostMemory ? 512 : 2048) * 2 ** 20);
     expect(text.out).toMatch(new RegExp(`^submits:\\s+every ${dev.maxBatch} dispatches and at each readback`, 'm'));
     expect(text.out).toMatch(new RegExp(`^pool:\\s+free buffers kept for reuse up to ${dev.poolCap / 2 ** 20} MiB`, 'm'));
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));

@@ -57,7 +57,7 @@ export async function runDoctor(args: string[]): Promise<number> {
   console.log(`dawn:      ${dawnFlags().join(' ') || '(default toggles)'}${process.env.ELBO_ROBUST === '1' ? ' (ELBO_ROBUST=1: bounds clamps kept)' : ''}`);
   console.log(`kernels:   ${kindText}${process.env.ELBO_KERNELS ? ` (forced by ELBO_KERNELS=${process.env.ELBO_KERNELS})` : ''}`);
   console.log(`features:  shader-f16 ${dev.features.f16 ? 'yes' : 'no'}, subgroups ${dev.features.subgroups ? 'yes' : 'no'}, timestamp-query ${dev.features.timestamp ? 'yes' : 'no'}`);
-  console.log(`pool:      free buffers kept for reuse up to ${(dev.poolCap / 2 ** 20).toFixed(0)} MiB${process.env.ELBO_POOL_MB ? ' (ELBO_POOL_MB)' : a.isFallback ? ' (a CPU adapter: buffers are host memory; ELBO_POOL_MB sets it)' : ' (ELBO_POOL_MB sets it)'}`);
+  console.log(`pool:      free buffers kept for reuse up to ${(dev.poolCap / 2 ** 20).toFixed(0)} MiB${process.env.ELBO_POOL_MB ? ' (ELBO_POOL_MB)' : dev.hostMemory ? ' (a CPU adapter: buffers are host memory; ELBO_POOL_MB sets it)' : ' (ELBO_POOL_MB sets it)'}`);
   console.log(`submits:   every ${dev.maxBatch} dispatches and at each readback${process.env.ELBO_MAX_BATCH ? ' (ELBO_MAX_BATCH)' : ' (ELBO_MAX_BATCH sets it)'}`);
   console.log('limits:');
   for (const [k, v] of Object.entries(dev.limits)) console.log(`  ${k.padEnd(36)} ${v}`);

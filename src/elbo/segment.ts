@@ -199,7 +199,7 @@ export async function segmentImage(pipe: DiffusionPipeline, image: ImageRGB, cla
   const elboPrompts = elboMode !== 'computed' ? [] : opts.elboTexts ? [...opts.elboTexts] : classes.map((c) => cfg.elbo_text.prompt.replace('{source_cls}', c));
   // Every prompt is embedded first, so the text encoder can be freed before the UNet's work.
   await pipe.prepareEmbeddings([...elboPrompts, sourceText]);
-  if (opts.offloadTextEncoder ?? dev.adapter.isFallback) pipe.offloadTextEncoder();
+  if (opts.offloadTextEncoder ?? dev.hostMemory) pipe.offloadTextEncoder();
 
   // 1.1 Encode the image.
   progress({ phase: 'encode', done: 0, total: 1 });

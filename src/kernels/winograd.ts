@@ -228,7 +228,7 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   // of each in the UNet except its 2560-channel inputs (U would be 210 MB at m = 2).
   const lim = maxBindingBytes(dev);
   const coc = coPerChunk(lim, aa, Ci, Co);
-  const chunk = Math.min(lim, winogradTuning.chunkBytes ?? (dev.adapter.isFallback ? CPU_CHUNK_BYTES : lim));
+  const chunk = Math.min(lim, winogradTuning.chunkBytes ?? (dev.hostMemory ? CPU_CHUNK_BYTES : lim));
   // Chunks of equal size (a small last chunk would make a ragged matmul of its own).
   const chunks = Math.ceil(tiles / Math.max(1, tilesPerChunk(chunk, aa, Ci, coc)));
   const per = Math.ceil(tiles / chunks);

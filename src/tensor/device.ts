@@ -204,6 +204,12 @@ export class Device {
   poolCap: number;
   /** Dispatches recorded before a submit (ELBO_MAX_BATCH; fewer on a CPU adapter). */
   maxBatch: number;
+  /**
+   * Whether GPU buffers are host RAM, one to one (a CPU adapter such as lavapipe). The
+   * memory-saving defaults key on it: the pool's cap and the submits here, Winograd tiles in
+   * chunks (winograd.ts), the text encoder offloaded once prompts are embedded (segment.ts).
+   */
+  readonly hostMemory: boolean;
   /** Free buffers and textures evicted from the pool because it was full (poolCap). */
   poolEvictions = 0;
   submitCount = 0;
@@ -220,8 +226,9 @@ export class Device {
       description: info.description ?? '',
       isFallback,
     };
-    this.poolCap = poolCapFrom(process.env.ELBO_POOL_MB, isFallback ? CPU_POOLED_BYTES : MAX_POOLED_BYTES);
-    this.maxBatch = maxBatchFrom(process.env.ELBO_MAX_BATCH, isFallback ? CPU_MAX_BATCH : MAX_BATCH);
+    this.hostMemory = isFallback;
+    this.poolCap = poolCapFrom(process.env.ELBO_POOL_MB, this.hostMemory ? CPU_POOLED_BYTES : MAX_POOLED_BYTES);
+    this.maxBatch = maxBatchFrom(process.env.ELBO_MAX_BATCH, this.hostMemory ? CPU_MAX_BATCH : MAX_BATCH);
     this.features = {
       f16: gpu.features.has('shader-f16'),
       subgroups: gpu.features.has('subgroups'),
