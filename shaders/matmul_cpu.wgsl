@@ -14,7 +14,9 @@
 //   B_V4  b contiguous along N, f32 vec4                 (row-major b, N % 4 == 0)
 //   B_T4  b contiguous along K, f32 vec4                 (transB / nn.Linear weight)
 //   B_H8  b contiguous along N, f16 as vec4<u32>         (N % 8 == 0)
-//   B_TH8 b contiguous along K, f16 as vec4<u32>         (transB f16 weight)
+//   B_TH4 b contiguous along K, f16 as vec2<u32>         (transB f16 weight; 4 halves of K per
+//         load, the default: the f32 K step with half the words)
+//   B_TH8 b contiguous along K, f16 as vec4<u32>         (the same, 8 halves: f16K4 off)
 //   else  b: array<f32> or array<u32> (B_F16), any strides
 //#include matmul_common
 
