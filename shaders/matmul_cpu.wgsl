@@ -52,6 +52,18 @@ fn ldB(i: u32) -> f32 {
 //#endif
 }
 
+//#if B_T4 || B_TH4
+// b[i .. i + 3] along K (i % 4 == 0) as f32: one vec4, or 4 packed halves (B_TH4)
+fn ldB4(i: u32) -> vec4<f32> {
+//#if B_TH4
+  let h = b[i >> 2u];
+  return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+//#else
+  return b[i >> 2u];
+//#endif
+}
+//#endif
+
 fn unpack8(q: vec4<u32>) -> array<f32, 8> {
   let x = unpack2x16float(q.x);
   let y = unpack2x16float(q.y);
@@ -138,20 +150,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var kk = 0u; kk < KS; kk++) {
       for (var c = 0u; c < NV; c++) { bv[kk][c] = b[(bc4[c] + (k + kk) * p.bRs) >> 2u]; }
     }
-//#elif B_T4 && SG_B
+//#elif B_T4 && SG_B || B_TH4 && SG_B
+    // (f16 b: 4 halves of K per load, unpacked once by the lane that loads them)
     var mine: array<vec4<f32>, CPL>;
-    for (var j = 0u; j < CPL; j++) { mine[j] = b[(myc[j] + k) >> 2u]; }
-    for (var c = 0u; c < TN; c++) {
-      let w = subgroupBroadcast(mine[c % CPL], c / CPL);
-      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
-    }
-//#elif B_TH4 && SG_B
-    // f16 b, 4 halves of K per load: the f32 B_T4 path after one unpack per loaded column
-    var mine: array<vec4<f32>, CPL>;
-    for (var j = 0u; j < CPL; j++) {
-      let h = b[(myc[j] + k) >> 2u];
-      mine[j] = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
-    }
+    for (var j = 0u; j < CPL; j++) { mine[j] = ldB4(myc[j] + k); }
     for (var c = 0u; c < TN; c++) {
       let w = subgroupBroadcast(mine[c % CPL], c / CPL);
       for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
@@ -169,15 +171,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                               subgroupBroadcast(mine[(4u * c + 3u) % CPL][kk], (4u * c + 3u) / CPL));
       }
     }
-//#elif B_T4
+//#elif B_T4 || B_TH4
     for (var c = 0u; c < TN; c++) {
-      let w = b[(bc[c] + k) >> 2u];
-      for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
-    }
-//#elif B_TH4
-    for (var c = 0u; c < TN; c++) {
-      let h = b[(bc[c] + k) >> 2u];
-      let w = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+      let w = ldB4(bc[c] + k);
       for (var kk = 0u; kk < 4u; kk++) { bv[kk][c / 4u][c % 4u] = w[kk]; }
     }
 //#elif B_H8

@@ -32,7 +32,8 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
  */
 const MIN_TILES_4 = 64;
 type TileSize = 2 | 4 | 6;
-let forcedTile: TileSize | undefined = (['2', '4', '6'] as const).includes(process.env.ELBO_WINOGRAD_TILE as '2') ? (Number(process.env.ELBO_WINOGRAD_TILE) as TileSize) : undefined;
+const TILE_ENV = Number(process.env.ELBO_WINOGRAD_TILE);
+let forcedTile = [2, 4, 6].includes(TILE_ENV) ? (TILE_ENV as TileSize) : undefined;
 
 /**
  * Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight

@@ -48,6 +48,20 @@ export class EmbeddingCache<E> {
     return missing;
   }
 
+  /**
+   * A pipeline's prepareEmbeddings: `prompts` become the newest; the missing ones are made
+   * by `make` after `load` (which loads an offloaded text encoder again), then the oldest
+   * beyond the limit are freed.
+   */
+  async prepare(prompts: readonly string[], load: () => Promise<unknown>, make: (prompt: string) => unknown): Promise<void> {
+    const missing = this.touch(prompts);
+    if (missing.length) {
+      await load();
+      for (const p of missing) make(p);
+    }
+    this.trim(prompts);
+  }
+
   /** Frees the oldest embeddings beyond the limit, keeping those of `keep`. */
   trim(keep: readonly string[]): void {
     const held = new Set(keep);

@@ -139,13 +139,8 @@ export class StableDiffusionPipeline implements DiffusionPipeline {
     return { hidden: this.encodePrompt(prompt) };
   }
 
-  async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
-    const missing = this.embeddings.touch(prompts);
-    if (missing.length) {
-      await this.te.ensure();
-      for (const p of missing) this.encodePrompt(p);
-    }
-    this.embeddings.trim(prompts);
+  prepareEmbeddings(prompts: readonly string[]): Promise<void> {
+    return this.embeddings.prepare(prompts, () => this.te.ensure(), (p) => this.encodePrompt(p));
   }
 
   offloadTextEncoder(): number {

@@ -180,14 +180,15 @@ export class StableDiffusionXLPipeline implements DiffusionPipeline {
     return e;
   }
 
-  async prepareEmbeddings(prompts: readonly string[]): Promise<void> {
-    const missing = this.embeddings.touch(prompts);
-    if (missing.length) {
-      await this.te1.ensure();
-      await this.te2.ensure();
-      for (const p of missing) this.embed(p);
-    }
-    this.embeddings.trim(prompts);
+  prepareEmbeddings(prompts: readonly string[]): Promise<void> {
+    return this.embeddings.prepare(
+      prompts,
+      async () => {
+        await this.te1.ensure();
+        await this.te2.ensure();
+      },
+      (p) => this.embed(p),
+    );
   }
 
   offloadTextEncoder(): number {
