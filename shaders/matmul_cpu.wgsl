@@ -29,6 +29,11 @@ const CPL = {{CPL}}u;    // SG_B: columns of b each lane loads (TN / 8)
 //#if A_TEX
 @group(0) @binding(6) var aT: texture_2d_array<f32>;
 //#endif
+//#if OUT_TEX
+// The result as texels (n / 4, m, z) of a texture (N % 4 == 0, no epilogue): one vectorised
+// store per vec4 on lavapipe, for a consumer that reads it with textureLoad
+@group(0) @binding(7) var outT: texture_storage_2d_array<rgba32float, write>;
+//#endif
 
 fn ldA(i: u32) -> f32 {
 //#if A_V4 || A_T4
@@ -225,7 +230,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   for (var r = 0u; r < TM; r = r + 1u) {
     let m = row0 + r;
     if (m < p.M) {
+//#if OUT_TEX
+      for (var c = 0u; c < NV; c = c + 1u) {
+        if (col0 + 4u * c < p.N) { textureStore(outT, vec2<u32>((col0 >> 2u) + c, m), z, fin[r][c]); }
+      }
+//#else
       for (var c = 0u; c < NV; c = c + 1u) { epilogue4(fin[r][c], m, col0 + 4u * c, z); }
+//#endif
     }
   }
 }

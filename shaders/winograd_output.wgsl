@@ -1,11 +1,17 @@
 // Winograd F(TM x TM, 3x3), output side: Y = A^T M A for every tile and four output channels,
-// from the batched matmul's TA * TA matrices M[e] (tiles, Co) of a chunk of Co output
+// from the batched matmul's TA * TA matrices M[e] (tiles, Co) (a buffer, or a texture on a CPU
+// adapter: M_TEX) of a chunk of Co output
 // channels starting at co0; then bias, activation (none or SiLU) and residual, stored into
 // the (B, CoAll, Ho, Wo) output (edge tiles clipped). The transform code is generated from A^T
 // by winograd.ts.
 struct P { B: u32, Co: u32, Ho: u32, Wo: u32, tx: u32, t0: u32, nt: u32, nx: u32, flags: u32, act: u32, co0: u32, CoAll: u32 }
 @group(0) @binding(0) var<uniform> p: P;
+//#if M_TEX
+// M as the matmul wrote it into a texture: texel (c4, tile, e) (on lavapipe a vectorised fetch)
+@group(0) @binding(1) var mT: texture_2d_array<f32>;
+//#else
 @group(0) @binding(1) var<storage, read> m: array<vec4<f32>>;
+//#endif
 //#if BIAS_F16
 @group(0) @binding(2) var<storage, read> bias: array<u32>;
 fn ldBias(i: u32) -> f32 { return unpack2x16float(bias[i >> 1u])[i & 1u]; }
@@ -39,10 +45,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let c4n = p.Co / 4u;
   if (i >= p.nt * c4n) { return; }
   let tile = tileOf(i, c4n, p.t0, p.tx, p.Ho);
+  var q: array<vec4<f32>, {{TAA}}>;
+//#if M_TEX
+  for (var e = 0u; e < {{TAA}}u; e++) { q[e] = textureLoad(mT, vec2<u32>(tile.c4, tile.tl), e, 0); }
+//#else
   let plane = p.nt * c4n;
   let o = tile.tl * c4n + tile.c4;
-  var q: array<vec4<f32>, {{TAA}}>;
   for (var e = 0u; e < {{TAA}}u; e++) { q[e] = m[e * plane + o]; }
+//#endif
   // y[TM * r + c]: output (TM ty + r, TM tx + c)
   var y: array<vec4<f32>, {{TMM}}>;
 {{TRANSFORM}}

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
 import { setWinogradMinTiles, setWinogradTile, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
+import { im2colTuning } from '../src/kernels/im2col.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
@@ -206,6 +207,15 @@ describe('conv2d', () => {
           winogradTuning.f16U = true;
         }
       }
+      // M through a buffer (the GPU variant's way, and the cpu kernel's with a from its
+      // buffer) instead of the texture the matmul writes and the output transform reads
+      winogradTuning.mTexture = false;
+      try {
+        await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' });
+        await wino({ B: 2, Ci: 8, Co: 8, H: 11, W: 8, k: 3, bias: true, residual: true, act: 'silu' });
+      } finally {
+        winogradTuning.mTexture = true;
+      }
       // not taken (the direct kernel: its weight re-layout and the conv; stride 2: im2col, the
       // matmul's texture pack of a and the matmul): Ci not a multiple of 4, quick_gelu, stride 2, pad 0
       expect(await wino({ B: 1, Ci: 7, Co: 8, H: 9, W: 9, k: 3 })).toBeLessThanOrEqual(2);
@@ -247,6 +257,16 @@ describe('conv2d', () => {
     // the VAE / UNet downsampler: pad (0, 1, 0, 1), stride 2; plus batch, residual, SiLU
     expect(await families({ B: 2, Ci: 8, Co: 12, H: 17, W: 15, k: 3, stride: 2, pad: [0, 1, 0, 1], bias: true, residual: true, act: 'silu' })).toEqual(['im2col', 'im2col matmul']);
     expect(await families({ B: 1, Ci: 4, Co: 8, H: 10, W: 9, k: 4, stride: 3, pad: 1, bias: true })).toEqual(['im2col', 'im2col matmul']);
+    // channels in groups of 4 take im2col_c4.wgsl; Ci = 3 with K = 12 the per-vec4 kernel,
+    // and the same cases with the c4 kernel off
+    expect(await families({ B: 1, Ci: 3, Co: 8, H: 11, W: 10, k: 2, stride: 2, pad: [0, 1, 0, 1], bias: true })).toEqual(['im2col', 'im2col matmul']);
+    im2colTuning.c4 = false;
+    try {
+      await check('cpu', { B: 2, Ci: 8, Co: 12, H: 17, W: 15, k: 3, stride: 2, pad: [0, 1, 0, 1], bias: true, residual: true, act: 'silu' });
+      await check('cpu', { B: 1, Ci: 4, Co: 8, H: 10, W: 9, k: 4, stride: 3, pad: 1, bias: true });
+    } finally {
+      im2colTuning.c4 = true;
+    }
     // patch rows of K = 36 floats (144 B) against a 4 KiB binding: 28 pixels per chunk, 2
     // chunks of (im2col, the matmul's texture pack of a, matmul)
     setMaxBindingBytes(4096);

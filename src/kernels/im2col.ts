@@ -14,6 +14,9 @@ const ENABLED = process.env.ELBO_IM2COL !== '0';
 /** Bytes of one chunk of patch rows (a cap on the extra memory). */
 const COL_BYTES = 32 * 2 ** 20;
 
+/** `c4` false (or ELBO_IM2COL_C4=0) keeps the generic per-vec4 kernel for all channel counts. */
+export const im2colTuning = { c4: process.env.ELBO_IM2COL_C4 !== '0' };
+
 export interface Im2colArgs {
   x: Tensor; // (B, Ci, H, W) f32
   w: Tensor; // weight data: (Co, Ci, kh, kw) f32 or f16, or prepared (ci, ky, kx, co) f32
@@ -46,12 +49,16 @@ export function convIm2col(dev: Device, g: Im2colArgs): void {
   const per = Math.max(4, Math.floor(Math.min(COL_BYTES, maxBindingBytes(dev)) / (K * 4) / 4) * 4);
   const col = Tensor.empty(dev, [Math.min(per, P), K], 'f32', 'im2col patches');
   try {
-    const pipeline = dev.pipeline('im2col', () => buildShader('im2col', {}));
+    // Channels in groups of 4: the kernel with kernel size and stride baked in.
+    const c4 = im2colTuning.c4 && Ci % 4 === 0;
+    const pipeline = c4
+      ? dev.pipeline(`im2col_c4:${kh}x${kw}s${g.stride}`, () => buildShader('im2col_c4', {}, { KH: kh, KW: kw, S: g.stride }))
+      : dev.pipeline('im2col', () => buildShader('im2col', {}));
     for (let b = 0; b < B; b++) {
       const xs = windowFor(dev, x, b * Ci * H * W, (b + 1) * Ci * H * W - 1);
       for (let n0 = 0; n0 < P; n0 += per) {
         const nn = Math.min(per, P - n0);
-        const [nx, ny] = grid1d(Math.ceil((nn * (K / 4)) / 64));
+        const [nx, ny] = grid1d(Math.ceil((nn * (c4 ? Ci / 4 : K / 4)) / 64));
         dev.dispatch({
           label: `${g.label} im2col`, family: 'im2col', pipeline,
           uniforms: uniforms([['u', Ci], ['u', H], ['u', W], ['u', Wo], ['u', kh], ['u', kw], ['u', g.stride], ['u', g.pt], ['u', g.pl], ['u', n0], ['u', nn], ['u', K / 4], ['u', xs.off], ['u', nx], ['u', 0], ['u', 0]]),

@@ -209,6 +209,12 @@ export interface Gemm {
   shape?: 'gemm' | 'gemv';
   /** Kernel family in profiles (default 'matmul'). */
   family?: string;
+  /**
+   * The result goes into this rgba32float 2D-array texture instead of `out`: texel
+   * (n / 4, m, z) = out[z, m, n .. n + 3] (the cpu kernel with a from its texture; N % 4 == 0,
+   * no bias, activation, residual or GLU, one dispatch: see runGemmIntoTexture).
+   */
+  outTexture?: GPUTexture;
   /** The bias is indexed by the output row m (a conv's output channel) instead of n. */
   biasRow?: boolean;
 }
@@ -444,6 +450,7 @@ function pipelineFor(dev: Device, g: Gemm, c: Chunk, aTex = false): { pipeline: 
   if (aTex) {
     d.A_V4 = d.A_T4 = false;
     d.A_TEX = true;
+    d.OUT_TEX = Boolean(g.outTexture);
   }
   // b in the nn.Linear layout with subgroups of >= 8 lanes: the 8 lanes share the block's
   // columns of b, each loads 1/8 of them and broadcasts (SG_B in shaders/matmul_cpu.wgsl).
@@ -491,6 +498,10 @@ function pieces(n: number, count: number, align = 1): [number, number][] {
 export function runGemm(dev: Device, g: Gemm): void {
   const { M, N, K, batch } = g;
   if (M === 0 || N === 0 || batch === 0) return;
+  if (g.outTexture) {
+    runGemmIntoTexture(dev, g, g.outTexture);
+    return;
+  }
   if (K === 0) throw new GpuError(`${g.label}: K = 0 is not supported`);
   const glu = Boolean(g.glu);
   if (glu && N % 2 !== 0) throw new GpuError(`${g.label}: glu needs an even N ((value, gate) column pairs), got N = ${N}`);
@@ -764,16 +775,13 @@ export function textureHolds(dev: Device, M: number, K: number, batch: number): 
 function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, biasBinding: Binding): void {
   const maxRows = Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity);
   const maxLayers = Math.min(dev.limits.maxTextureArrayLayers, cpuGemmTuning.textureLimit?.layers ?? Infinity);
-  const d = dummy(dev).binding();
   for (let z0 = 0; z0 < c.batch; z0 += maxLayers) {
     const zc = Math.min(maxLayers, c.batch - z0);
     for (let m0 = 0; m0 < c.M; m0 += maxRows) {
       const mc = Math.min(maxRows, c.M - m0);
-      const piece: Chunk = { ...c, M: mc, batch: zc };
       const src = { binding: c.a.binding, off: c.a.off + z0 * g.a.bs + m0 * g.a.rs, rs: g.a.rs, cs: g.a.cs, bs: g.a.bs };
       const tex = packTexture(dev, src, mc, c.K, zc, `${g.label} pack a`, g.family ?? 'matmul');
       try {
-        const { pipeline, tile } = pipelineFor(dev, g, piece, true);
         const oShift = z0 * g.out.bs + m0 * g.out.rs;
         const pq: GemmParams = {
           ...q,
@@ -784,19 +792,50 @@ function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, bias
           rOff: q.rOff + (c.res ? oShift : 0),
           biasOff: q.biasOff + (g.biasRow ? m0 : 0),
         };
-        dev.dispatch({
-          label: g.label,
-          family: g.family ?? 'matmul',
-          pipeline,
-          uniforms: gemmUniforms(pq),
-          bindings: [null, c.b.binding, biasBinding, c.res?.binding ?? d, c.out.binding, textureBinding(tex)],
-          workgroups: [Math.ceil(mc / tile[0]), Math.ceil(c.N / tile[1]), zc],
-        });
+        dispatchTexturePiece(dev, g, { ...c, M: mc, batch: zc }, pq, tex, biasBinding);
       } finally {
         dev.freeTexture(tex);
       }
     }
   }
+}
+
+/** One cpu-kernel dispatch of a piece whose a is in `tex` (packTexture's layout). */
+function dispatchTexturePiece(dev: Device, g: Gemm, piece: Chunk, pq: GemmParams, tex: GPUTexture, biasBinding: Binding): void {
+  const { pipeline, tile } = pipelineFor(dev, g, piece, true);
+  dev.dispatch({
+    label: g.label,
+    family: g.family ?? 'matmul',
+    pipeline,
+    uniforms: gemmUniforms(pq),
+    // (into a texture: bias, residual and out are left out of the shader, so unbound)
+    bindings: g.outTexture
+      ? [null, piece.b.binding, null, null, null, textureBinding(tex), textureBinding(g.outTexture)]
+      : [null, piece.b.binding, biasBinding, piece.res?.binding ?? dummy(dev).binding(), piece.out.binding, textureBinding(tex)],
+    workgroups: [Math.ceil(piece.M / tile[0]), Math.ceil(piece.N / tile[1]), piece.batch],
+  });
+}
+
+/**
+ * A GEMM whose result goes into a texture (Gemm.outTexture), for a consumer that reads it
+ * with textureLoad (the Winograd output transform: on lavapipe far cheaper than its per-lane
+ * buffer loads, and no copy). One dispatch of the cpu kernel: a and b each within one
+ * storage binding, the texture within the adapter's limits.
+ */
+function runGemmIntoTexture(dev: Device, g: Gemm, tex: GPUTexture): void {
+  const { M, N, K, batch } = g;
+  const bad = (why: string): never => {
+    throw new GpuError(`${g.label}: internal: a GEMM into a texture ${why}`);
+  };
+  if (g.variant !== 'cpu' || g.a.t.dtype !== 'f32' || !cpuGemmTuning.aTexture) bad('needs the cpu kernel with a (f32) from a texture');
+  if (g.bias || g.res || g.glu || g.accum || g.act !== 'none' || g.alpha !== 1 || N % 4 !== 0) bad('takes no epilogue and N % 4 == 0');
+  if (tex.width * 4 < N || tex.height < M || tex.depthOrArrayLayers < batch || !textureHolds(dev, M, K, batch)) bad(`does not fit (${batch}, ${M}, ${N})`);
+  const lim = maxBindingBytes(dev);
+  const wa = windowFor(dev, g.a.t, ...span(g.a, 0, batch, 0, M, 0, K));
+  const wb = windowFor(dev, g.b.t, ...span(g.b, 0, batch, 0, K, 0, N));
+  if (wa.bytes > lim || wb.bytes > lim) bad(`has an operand above one storage binding of ${lim} bytes`);
+  const d = dummy(dev).binding();
+  dispatchGemm(dev, g, { M, N, K, batch, a: wa, b: wb, out: { binding: d, off: 0 }, biasOff: 0, accum: false, bias: false, final: true });
 }
 
 /**

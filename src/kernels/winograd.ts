@@ -15,7 +15,7 @@
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
 import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
-import { ACT_CODE, FLAG, buildShader, dummy, gpuGemmTuning, matmul, maxBindingBytes, type Act } from './matmul.js';
+import { ACT_CODE, FLAG, buildShader, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
 
 /** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
@@ -52,6 +52,8 @@ export const winogradTuning = {
    * adapter, one storage binding on a GPU. V, its texture copy and M are made per chunk.
    */
   chunkBytes: undefined as number | undefined,
+  /** cpu kernel: M goes through a texture (ELBO_WINOGRAD_MTEX=0: a buffer), see winogradTiles. */
+  mTexture: process.env.ELBO_WINOGRAD_MTEX !== '0',
 };
 
 /**
@@ -270,6 +272,7 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
   const v2 = al.m === 6 && W % 2 === 0;
   const v = Tensor.empty(dev, [al.a * al.a, nt, Ci], 'f32', 'winograd V');
   let m: Tensor | undefined;
+  let mTex: GPUTexture | undefined;
   try {
     {
       const pipeline = dev.pipeline(`winograd_input:${al.m}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
@@ -280,22 +283,41 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
         bindings: v4 || v2 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
-    m = matmul(v, u, { transB: true, variant: g.variant ?? 'cpu', family: 'winograd matmul' }); // (aa, nt, nco)
+    const aa = al.a * al.a;
+    const variant = g.variant ?? 'cpu';
+    // On a CPU adapter the matmul writes M into a texture, texel (c4, tile, e), and the output
+    // transform reads it with textureLoad: on lavapipe a vectorised fetch where a buffer load
+    // is a per-lane loop, and a store per vec4 where the matmul's epilogue stores per value.
+    // 128->128 at 512x512, ms, one process: matmul 294 -> 244, output transform 156 -> 77.
+    if (variant === 'cpu' && winogradTuning.mTexture && cpuGemmTuning.aTexture && textureHolds(dev, nt, Ci, aa) && textureHolds(dev, nt, nco, aa)) {
+      mTex = dev.allocTexture(nco / 4, nt, aa, 'winograd M');
+    } else {
+      m = Tensor.empty(dev, [aa, nt, nco], 'f32', 'winograd M');
+    }
+    runGemm(dev, {
+      label: `winograd matmul (${aa}x${nt}x${Ci})@(${aa}x${nco}x${Ci})^T`, M: nt, N: nco, K: Ci, batch: aa,
+      a: { t: v, off: 0, rs: Ci, cs: 1, bs: nt * Ci },
+      b: { t: u, off: 0, rs: 1, cs: Ci, bs: nco * Ci },
+      out: { t: m ?? dummy(dev), off: 0, rs: nco, cs: 1, bs: nt * nco },
+      outTexture: mTex,
+      alpha: 1, act: 'none', variant, family: 'winograd matmul',
+    });
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2 }));
+      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}:${Boolean(mTex)}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex) }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
       dev.dispatch({
         label: `${g.label} winograd output`, family: 'winograd output', pipeline,
         uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
-        bindings: [m.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
+        bindings: [mTex ? textureBinding(mTex) : m!.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
         workgroups: [nx, ny],
       });
     }
   } finally {
     v.release();
     m?.release();
+    if (mTex) dev.freeTexture(mTex);
   }
 }
