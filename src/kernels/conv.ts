@@ -37,7 +37,15 @@ export function convVariants(): string[] {
 }
 
 // Register block of the direct conv (benchmarked in bench/kernels-matmul.ts).
-const DIRECT = parseBlock(process.env.ELBO_CONV_TILE) ?? { PW: 16, CV: 2 };
+const DIRECT_ENV = parseBlock(process.env.ELBO_CONV_TILE);
+const DIRECT = { PW: 16, CV: 2 };
+/**
+ * The block for short reductions (Ci * kh * kw <= 32, the VAE's 3-channel conv_in): 32 output
+ * channels per invocation share each input row segment. (1, 3, 512, 512) * (128, 3, 3, 3),
+ * median of 5, ms: 16x2 148-153, 16x8 105-111 (compiles 1.2 s longer once), 16x16 96-101
+ * (3.8 s longer).
+ */
+const DIRECT_SHORT_K = { PW: 16, CV: 8 };
 const SG = process.env.ELBO_SG !== '0';
 const GPU_TILE = 64;
 
@@ -314,7 +322,7 @@ function convChunks(
         ? [Math.ceil(HWo / 64), M, ch.z1 - ch.z0]
         : [Math.ceil(HWo / GPU_TILE), Math.ceil(M / GPU_TILE), ch.z1 - ch.z0];
     } else {
-      const { PW, CV } = DIRECT;
+      const { PW, CV } = DIRECT_ENV ?? (Ci * taps <= 32 ? DIRECT_SHORT_K : DIRECT);
       const m4 = (v: number): boolean => v % 4 === 0;
       const m8 = (v: number): boolean => v % 8 === 0;
       const d: Record<string, boolean> = { A_F16: f16, BIAS_F16: biasF16 };
