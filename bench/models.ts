@@ -1,6 +1,7 @@
 // Full-size model benchmarks with random weights (no checkpoint needed): the SD 1.5 UNet
 // at 64x64 latents, the VAE encoder at 512x512, the CLIP-L text encoder, and one whole
 // segmentation of a 512x512 image with two classes at the reference's timesteps.
+import { readFileSync, writeFileSync } from 'node:fs';
 import { Device, Tensor, scope } from '../src/tensor/index.js';
 import { ClipTextModel, parseClipTextConfig } from '../src/models/clip.js';
 import { UNet2DConditionModel, parseUNetConfig, type UNetConfig } from '../src/models/unet.js';
@@ -60,9 +61,36 @@ export const SDXL_UNET = {
 /** CLIP ViT-L/14 text tower (SD 1.x text encoder). */
 export const CLIP_L_TEXT = { vocab_size: 49408, hidden_size: 768, intermediate_size: 3072, num_hidden_layers: 12, num_attention_heads: 12, max_position_embeddings: 77, hidden_act: 'quick_gelu' };
 
-/** The process's RSS now and its peak so far (getrusage's maxrss), in MiB. */
+/**
+ * The process's RSS now and its peak (in MiB): the kernel's high-water mark VmHWM on Linux,
+ * which resetPeakRss() can restart, else getrusage's maxrss (since the process began).
+ */
 export function rss(): { rss_mb: number; peak_rss_mb: number } {
-  return { rss_mb: process.memoryUsage().rss / 2 ** 20, peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
+  return { rss_mb: process.memoryUsage().rss / 2 ** 20, peak_rss_mb: hwmKb() / 1024 };
+}
+
+function hwmKb(): number {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) return Number(m[1]);
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS;
+}
+
+/**
+ * Restarts the RSS high-water mark (Linux: `5` to /proc/self/clear_refs), so that a
+ * measurement's peak leaves out what came before it (building random weights stages them in
+ * host memory, which loading a checkpoint does not). False where the system has no such reset.
+ */
+export function resetPeakRss(): boolean {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** FLOPs of one UNet forward per batch item, counted from the config (matmuls, convs, attention). */
