@@ -1,6 +1,6 @@
 // im2col for input channels in multiples of 4 (src/kernels/im2col.ts): one invocation per
 // output pixel and 4 input channels writes their 4 * KH * KW consecutive values of the
-// pixel's row, col[n * K + ci * KH * KW + KH * ky + kx] = x[ci, oy S + ky - pt, ox S + kx - pl]
+// pixel's row, col[n * K + ci * KH * KW + KW * ky + kx] = x[ci, oy S + ky - pt, ox S + kx - pl]
 // (0 in the padding), as KH * KW aligned vec4. Kernel size and stride are baked in, so the
 // only divisions by uniforms are the pixel's row and column and the channel group (the
 // generic im2col.wgsl divides per value: on lavapipe each is a per-lane scalar division).

@@ -498,11 +498,11 @@ function pieces(n: number, count: number, align = 1): [number, number][] {
 export function runGemm(dev: Device, g: Gemm): void {
   const { M, N, K, batch } = g;
   if (M === 0 || N === 0 || batch === 0) return;
+  if (K === 0) throw new GpuError(`${g.label}: K = 0 is not supported`);
   if (g.outTexture) {
     runGemmIntoTexture(dev, g, g.outTexture);
     return;
   }
-  if (K === 0) throw new GpuError(`${g.label}: K = 0 is not supported`);
   const glu = Boolean(g.glu);
   if (glu && N % 2 !== 0) throw new GpuError(`${g.label}: glu needs an even N ((value, gate) column pairs), got N = ${N}`);
   if (glu && g.accum) throw new GpuError(`${g.label}: glu cannot accumulate into out`);
@@ -773,8 +773,7 @@ export function textureHolds(dev: Device, M: number, K: number, batch: number): 
  * piece of a into a pooled rgba32float texture and matmul_cpu.wgsl (A_TEX) reads it.
  */
 function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, biasBinding: Binding): void {
-  const maxRows = Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity);
-  const maxLayers = Math.min(dev.limits.maxTextureArrayLayers, cpuGemmTuning.textureLimit?.layers ?? Infinity);
+  const { maxRows, maxLayers } = texturePieceLimits(dev);
   for (let z0 = 0; z0 < c.batch; z0 += maxLayers) {
     const zc = Math.min(maxLayers, c.batch - z0);
     for (let m0 = 0; m0 < c.M; m0 += maxRows) {
@@ -798,6 +797,14 @@ function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, bias
       }
     }
   }
+}
+
+/** Rows and batches of a per packed texture (the adapter's limits, or the test hook's lower ones). */
+function texturePieceLimits(dev: Device): { maxRows: number; maxLayers: number } {
+  return {
+    maxRows: Math.min(dev.limits.maxTextureDimension2D, cpuGemmTuning.textureLimit?.rows ?? Infinity),
+    maxLayers: Math.min(dev.limits.maxTextureArrayLayers, cpuGemmTuning.textureLimit?.layers ?? Infinity),
+  };
 }
 
 /** One cpu-kernel dispatch of a piece whose a is in `tex` (packTexture's layout). */
@@ -829,7 +836,9 @@ function runGemmIntoTexture(dev: Device, g: Gemm, tex: GPUTexture): void {
   };
   if (g.variant !== 'cpu' || g.a.t.dtype !== 'f32' || !cpuGemmTuning.aTexture) bad('needs the cpu kernel with a (f32) from a texture');
   if (g.bias || g.res || g.glu || g.accum || g.act !== 'none' || g.alpha !== 1 || N % 4 !== 0) bad('takes no epilogue and N % 4 == 0');
-  if (tex.width * 4 < N || tex.height < M || tex.depthOrArrayLayers < batch || !textureHolds(dev, M, K, batch)) bad(`does not fit (${batch}, ${M}, ${N})`);
+  // One piece of a (dispatchCpuATexture would offset later pieces in a, not in the texture).
+  const { maxRows, maxLayers } = texturePieceLimits(dev);
+  if (tex.width * 4 < N || tex.height < M || tex.depthOrArrayLayers < batch || M > maxRows || batch > maxLayers || !textureHolds(dev, M, K, batch)) bad(`does not fit (${batch}, ${M}, ${N})`);
   const lim = maxBindingBytes(dev);
   const wa = windowFor(dev, g.a.t, ...span(g.a, 0, batch, 0, M, 0, K));
   const wb = windowFor(dev, g.b.t, ...span(g.b, 0, batch, 0, K, 0, N));

@@ -270,7 +270,9 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
   // 6x6 tiles on rows of even length: three aligned vec2
   const v4 = al.m === 4 && W % 4 === 0;
   const v2 = al.m === 6 && W % 2 === 0;
-  const v = Tensor.empty(dev, [al.a * al.a, nt, Ci], 'f32', 'winograd V');
+  const aa = al.a * al.a;
+  const variant = g.variant ?? 'cpu';
+  const v = Tensor.empty(dev, [aa, nt, Ci], 'f32', 'winograd V');
   let m: Tensor | undefined;
   let mTex: GPUTexture | undefined;
   try {
@@ -283,8 +285,6 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
         bindings: v4 || v2 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
       });
     }
-    const aa = al.a * al.a;
-    const variant = g.variant ?? 'cpu';
     // On a CPU adapter the matmul writes M into a texture, texel (c4, tile, e), and the output
     // transform reads it with textureLoad: on lavapipe a vectorised fetch where a buffer load
     // is a per-lane loop, and a store per vec4 where the matmul's epilogue stores per value.
