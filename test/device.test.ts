@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Tensor, bindCache, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
+import { Tensor, bindCache, dawnFlags, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { matmul } from '../src/kernels/matmul.js';
 
@@ -200,6 +200,26 @@ describe('device', () => {
     expect(maxBatchFrom(undefined, 7)).toBe(7);
     expect(() => maxBatchFrom('0', 7)).toThrow('ELBO_MAX_BATCH=0: expected an integer >= 1');
     expect(() => maxBatchFrom('2.5', 7)).toThrow('ELBO_MAX_BATCH=2.5: expected an integer >= 1');
+  });
+
+  it("Dawn's flags: robustness and lazy clears off unless asked for; ELBO_DAWN_FLAGS verbatim", () => {
+    const lazy = 'disable-dawn-features=lazy_clear_resource_on_first_use';
+    const robust = 'enable-dawn-features=disable_robustness';
+    expect(dawnFlags({})).toEqual([robust, lazy]);
+    expect(dawnFlags({ ELBO_ROBUST: '1' })).toEqual([lazy]);
+    expect(dawnFlags({ ELBO_LAZY_CLEAR: '1' })).toEqual([robust]);
+    expect(dawnFlags({ ELBO_ROBUST: '1', ELBO_LAZY_CLEAR: '1' })).toEqual([]);
+    expect(dawnFlags({ ELBO_DAWN_FLAGS: ' a=b  c ', ELBO_LAZY_CLEAR: '1' })).toEqual(['a=b', 'c']);
+  });
+
+  it('zeros clears a new buffer as well as a reused one (Dawn does not zero-fill them)', async () => {
+    const dev = await getDevice();
+    // A size no other test allocates: a buffer made now, not taken from the pool.
+    const t = Tensor.zeros(dev, [3, 4099]);
+    const v = await t.toArray();
+    expect(v.length).toBe(3 * 4099);
+    expect(v.every((x) => x === 0)).toBe(true);
+    t.release();
   });
 
   it('zeros clears a reused buffer on the GPU, in order with the recorded work', async () => {
