@@ -202,14 +202,15 @@ describe('device', () => {
     expect(() => maxBatchFrom('2.5', 7)).toThrow('ELBO_MAX_BATCH=2.5: expected an integer >= 1');
   });
 
-  it("Dawn's flags: robustness and lazy clears off unless asked for; ELBO_DAWN_FLAGS verbatim", () => {
+  it("Dawn's flags: robustness off unless asked for, lazy clears off on CPU adapters; ELBO_DAWN_FLAGS verbatim", () => {
     const lazy = 'disable-dawn-features=lazy_clear_resource_on_first_use';
     const robust = 'enable-dawn-features=disable_robustness';
-    expect(dawnFlags({})).toEqual([robust, lazy]);
-    expect(dawnFlags({ ELBO_ROBUST: '1' })).toEqual([lazy]);
-    expect(dawnFlags({ ELBO_LAZY_CLEAR: '1' })).toEqual([robust]);
-    expect(dawnFlags({ ELBO_ROBUST: '1', ELBO_LAZY_CLEAR: '1' })).toEqual([]);
-    expect(dawnFlags({ ELBO_DAWN_FLAGS: ' a=b  c ', ELBO_LAZY_CLEAR: '1' })).toEqual(['a=b', 'c']);
+    expect(dawnFlags({})).toEqual([robust]);
+    expect(dawnFlags({}, true)).toEqual([robust, lazy]);
+    expect(dawnFlags({ ELBO_ROBUST: '1' }, true)).toEqual([lazy]);
+    expect(dawnFlags({ ELBO_LAZY_CLEAR: '1' }, true)).toEqual([robust]);
+    expect(dawnFlags({ ELBO_ROBUST: '1', ELBO_LAZY_CLEAR: '1' }, true)).toEqual([]);
+    expect(dawnFlags({ ELBO_DAWN_FLAGS: ' a=b  c ', ELBO_LAZY_CLEAR: '1' }, true)).toEqual(['a=b', 'c']);
   });
 
   it('zeros clears a new buffer as well as a reused one (Dawn does not zero-fill them)', async () => {

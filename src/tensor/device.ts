@@ -58,25 +58,34 @@ const DRIVER_HELP =
  * indices (tested on shapes that are not tile multiples), and on lavapipe, where each
  * per-lane load is already a scalar load with a bounds check, the extra clamps cost about a
  * third of the matmul time (4096x320x1280 f32: 8.5 -> 11.8 GFLOP/s).
- * Dawn's zero fill of each new buffer and texture before its first use is turned off unless
- * ELBO_LAZY_CLEAR=1: the engine never reads memory it has not written (pooled buffers come
- * back holding old data anyway, and Tensor.zeros clears explicitly). On lavapipe the fill
- * is a memset of every buffer made: the VAE encoder at 512x512, which makes its 128 MB
+ * With `hostMemory` (a CPU adapter) Dawn's zero fill of each new buffer and texture before
+ * its first use is turned off too, unless ELBO_LAZY_CLEAR=1: the engine never reads memory
+ * it has not written (pooled buffers come back holding old data anyway, and Tensor.zeros
+ * clears explicitly). On lavapipe the fill is a memset of every buffer made, touching pages
+ * a buffer's own writes would not: the VAE encoder at 512x512, which makes its 128 MB
  * activations again past the pool's cap, ran 2-4% faster without it (three alternated
- * pairs, 7.86-8.05 -> 7.57-7.85 s).
+ * pairs, 7.86-8.05 -> 7.57-7.85 s), and a short f16 segmentation's peak RSS fell
+ * 3661-3673 -> 3616 MB. GPUs keep the fill: not measured there.
  * ELBO_DAWN_FLAGS replaces the list (space-separated, e.g. "enable-dawn-features=...").
  */
-export function dawnFlags(env: NodeJS.ProcessEnv = process.env): string[] {
+export function dawnFlags(env: NodeJS.ProcessEnv = process.env, hostMemory = false): string[] {
   if (env.ELBO_DAWN_FLAGS !== undefined) return env.ELBO_DAWN_FLAGS.split(' ').filter(Boolean);
   const flags: string[] = [];
   if (env.ELBO_ROBUST !== '1') flags.push('enable-dawn-features=disable_robustness');
-  if (env.ELBO_LAZY_CLEAR !== '1') flags.push('disable-dawn-features=lazy_clear_resource_on_first_use');
+  if (hostMemory && env.ELBO_LAZY_CLEAR !== '1') flags.push('disable-dawn-features=lazy_clear_resource_on_first_use');
   return flags;
+}
+
+/** A CPU adapter (lavapipe, SwiftShader): buffers are host memory. */
+function isHostMemoryAdapter(info: GPUAdapterInfo): boolean {
+  return Boolean((info as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter) ||
+    /llvmpipe|lavapipe|swiftshader/i.test(`${info.device} ${info.description} ${info.architecture}`);
 }
 
 // Dawn's Node binding segfaults later if the object from create() is garbage-collected
 // (PLATFORM.md): keep it for the life of the process.
 let gpuRoot: GPU | undefined;
+let hostRoot: GPU | undefined;
 let instance: Promise<Device> | undefined;
 
 const UNIFORM_SLOT = 256;
@@ -226,8 +235,7 @@ export class Device {
   private constructor(gpu: GPUDevice, adapter: GPUAdapter) {
     this.gpu = gpu;
     const info = adapter.info;
-    const isFallback = Boolean((info as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter) ||
-      /llvmpipe|lavapipe|swiftshader/i.test(`${info.device} ${info.description} ${info.architecture}`);
+    const isFallback = isHostMemoryAdapter(info);
     this.adapter = {
       vendor: info.vendor ?? '',
       architecture: info.architecture ?? '',
@@ -290,14 +298,24 @@ export class Device {
 
   private static async create(): Promise<Device> {
     Object.assign(globalThis, globals);
+    const request = async (root: GPU): Promise<GPUAdapter> => {
+      let a: GPUAdapter | null = null;
+      try {
+        a = await root.requestAdapter({ powerPreference: 'high-performance' });
+      } catch (e) {
+        throw new GpuError(`${DRIVER_HELP} (requestAdapter failed: ${(e as Error).message})`);
+      }
+      if (!a) throw new GpuError(DRIVER_HELP);
+      return a;
+    };
     gpuRoot ??= create(dawnFlags());
-    let adapter: GPUAdapter | null = null;
-    try {
-      adapter = await gpuRoot.requestAdapter({ powerPreference: 'high-performance' });
-    } catch (e) {
-      throw new GpuError(`${DRIVER_HELP} (requestAdapter failed: ${(e as Error).message})`);
+    let adapter = await request(gpuRoot);
+    // Flags are the instance's: a CPU adapter's own come from a second one, made once it is known.
+    const hostFlags = dawnFlags(process.env, true);
+    if (isHostMemoryAdapter(adapter.info) && hostFlags.join(' ') !== dawnFlags().join(' ')) {
+      hostRoot ??= create(hostFlags);
+      adapter = await request(hostRoot);
     }
-    if (!adapter) throw new GpuError(DRIVER_HELP);
     const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'];
     const requiredFeatures = wanted.filter((f) => adapter!.features.has(f));
     if (process.env.ELBO_NO_F16 === '1') requiredFeatures.splice(requiredFeatures.indexOf('shader-f16') >>> 0, 1);
