@@ -54,7 +54,7 @@ export async function runDoctor(args: string[]): Promise<number> {
   const a = dev.adapter;
   const kindText = dev.kind === 'cpu' ? 'cpu (lavapipe-shaped kernels: workgroup 8, register blocks, no shared memory)' : 'gpu (shared-memory tiled kernels, large workgroups)';
   console.log(`adapter:   ${a.description || a.device || '(no description)'} [vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}]${a.isFallback ? ' (CPU / fallback adapter)' : ''}`);
-  console.log(`dawn:      ${dawnFlags(process.env, dev.hostMemory).join(' ') || '(default toggles)'}${process.env.ELBO_ROBUST === '1' ? ' (ELBO_ROBUST=1: bounds clamps kept)' : ''}${process.env.ELBO_LAZY_CLEAR === '1' ? ' (ELBO_LAZY_CLEAR=1: Dawn zero-fills new buffers)' : ''}`);
+  console.log(`dawn:      ${dawnFlags(process.env, dev.hostMemory).join(' ') || '(default toggles)'}${process.env.ELBO_ROBUST === '1' ? ' (ELBO_ROBUST=1: bounds clamps kept)' : ''}${dev.hostMemory && process.env.ELBO_LAZY_CLEAR === '1' ? ' (ELBO_LAZY_CLEAR=1: Dawn zero-fills new buffers)' : ''}`);
   console.log(`kernels:   ${kindText}${process.env.ELBO_KERNELS ? ` (forced by ELBO_KERNELS=${process.env.ELBO_KERNELS})` : ''}`);
   console.log(`features:  shader-f16 ${dev.features.f16 ? 'yes' : 'no'}, subgroups ${dev.features.subgroups ? 'yes' : 'no'}, timestamp-query ${dev.features.timestamp ? 'yes' : 'no'}`);
   console.log(`pool:      free buffers kept for reuse up to ${(dev.poolCap / 2 ** 20).toFixed(0)} MiB${process.env.ELBO_POOL_MB ? ' (ELBO_POOL_MB)' : dev.hostMemory ? ' (a CPU adapter: buffers are host memory; ELBO_POOL_MB sets it)' : ' (ELBO_POOL_MB sets it)'}`);

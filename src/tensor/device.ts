@@ -225,7 +225,8 @@ export class Device {
   /**
    * Whether GPU buffers are host RAM, one to one (a CPU adapter such as lavapipe). The
    * memory-saving defaults key on it: the pool's cap and the submits here, Winograd tiles in
-   * chunks (winograd.ts), the text encoder offloaded once prompts are embedded (segment.ts).
+   * chunks (winograd.ts), the text encoder offloaded once prompts are embedded (segment.ts),
+   * and Dawn's lazy zero fill turned off (dawnFlags, through isHostMemoryAdapter).
    */
   readonly hostMemory: boolean;
   /** Free buffers and textures evicted from the pool because it was full (poolCap). */
@@ -308,11 +309,12 @@ export class Device {
       if (!a) throw new GpuError(DRIVER_HELP);
       return a;
     };
-    gpuRoot ??= create(dawnFlags());
+    const baseFlags = dawnFlags();
+    gpuRoot ??= create(baseFlags);
     let adapter = await request(gpuRoot);
     // Flags are the instance's: a CPU adapter's own come from a second one, made once it is known.
     const hostFlags = dawnFlags(process.env, true);
-    if (isHostMemoryAdapter(adapter.info) && hostFlags.join(' ') !== dawnFlags().join(' ')) {
+    if (isHostMemoryAdapter(adapter.info) && hostFlags.join(' ') !== baseFlags.join(' ')) {
       hostRoot ??= create(hostFlags);
       adapter = await request(hostRoot);
     }
