@@ -6,7 +6,7 @@
 struct P { B: u32, Ci: u32, H: u32, W: u32, tx: u32, t0: u32, nt: u32, nx: u32, xOff: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 //#if IN_V4
-// TM = 4 and W % 4 == 0: each patch row is x[4 tx - 1], one aligned vec4, x[4 tx + 4]
+// TM = 4 or 8 and W % 4 == 0: each patch row is x[TM tx - 1], TM / 4 aligned vec4, x[TM tx + TM]
 // (xs: the same buffer as scalars, for the two edge values: cheaper than a vec4 load)
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> xs: array<f32>;
@@ -40,20 +40,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let y = i32(TM * tile.ty + r) - 1;
     for (var k = 0u; k < 4u; k++) {
       var left = 0.0;
-      var mid = vec4<f32>(0.0);
+      var mid = array<vec4<f32>, TM / 4u>();
       var right = 0.0;
       if (y >= 0 && y < i32(p.H)) {
         let o = cb + k * hw + u32(y) * p.W + x0;
-        mid = x[o >> 2u];
+        for (var j = 0u; j < TM / 4u; j++) {
+          if (x0 + 4u * j < p.W) { mid[j] = x[(o >> 2u) + j]; }
+        }
         if (x0 > 0u) { left = ldx(o - 1u); }
-        if (x0 + 4u < p.W) { right = ldx(o + 4u); }
+        if (x0 + TM < p.W) { right = ldx(o + TM); }
       }
       d[TA * r][k] = left;
-      d[TA * r + 1u][k] = mid.x;
-      d[TA * r + 2u][k] = mid.y;
-      d[TA * r + 3u][k] = mid.z;
-      d[TA * r + 4u][k] = mid.w;
-      d[TA * r + 5u][k] = right;
+      for (var j = 0u; j < TM / 4u; j++) {
+        d[TA * r + 1u + 4u * j][k] = mid[j].x;
+        d[TA * r + 2u + 4u * j][k] = mid[j].y;
+        d[TA * r + 3u + 4u * j][k] = mid[j].z;
+        d[TA * r + 4u + 4u * j][k] = mid[j].w;
+      }
+      d[TA * r + TM + 1u][k] = right;
     }
   }
 //#elif IN_V2

@@ -20,7 +20,7 @@ fn ldBias(i: u32) -> f32 { return unpack2x16float(bias[i >> 1u])[i & 1u]; }
 fn ldBias(i: u32) -> f32 { return bias[i]; }
 //#endif
 //#if OUT_V4
-// TM = 4 and Wo % 4 == 0: each tile row of a channel is one aligned vec4
+// TM = 4 or 8 and Wo % 4 == 0: each tile row of a channel is TM / 4 aligned vec4 (each all in or all out)
 @group(0) @binding(3) var<storage, read> res: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 //#elif OUT_V2
@@ -67,11 +67,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let oy = TM * tile.ty + r;
     if (oy < p.Ho) {
       for (var k = 0u; k < 4u; k++) {
-        var val = vec4<f32>(y[TM * r][k], y[TM * r + 1u][k], y[TM * r + 2u][k], y[TM * r + 3u][k]) + vec4<f32>(bv[k]);
-        if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
-        let o = ((tile.b * p.CoAll + p.co0 + 4u * tile.c4 + k) * hw + oy * p.Wo + TM * tile.tx) >> 2u;
-        if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
-        out[o] = val;
+        let row = ((tile.b * p.CoAll + p.co0 + 4u * tile.c4 + k) * hw + oy * p.Wo + TM * tile.tx) >> 2u;
+        for (var j = 0u; j < TM / 4u; j++) {
+          if (TM * tile.tx + 4u * j < p.Wo) {
+            let c = TM * r + 4u * j;
+            var val = vec4<f32>(y[c][k], y[c + 1u][k], y[c + 2u][k], y[c + 3u][k]) + vec4<f32>(bv[k]);
+            if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
+            let o = row + j;
+            if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
+            out[o] = val;
+          }
+        }
       }
     }
   }

@@ -1,7 +1,7 @@
-// 3x3 convolution, stride 1, padding 1, by Winograd's F(m x m, 3x3), m = 2, 4 or 6: per m x m
+// 3x3 convolution, stride 1, padding 1, by Winograd's F(m x m, 3x3), m = 2, 4, 6 or 8: per m x m
 // output tile the 3x3 conv becomes a^2 elementwise products (a = m + 2) in a transformed
 // domain, which over all tiles and channels are a^2 independent matrix products
-// (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2), 4x (m = 4) or 5.1x (m = 6) fewer
+// (tiles, Ci) @ (Ci, Co): one batched matmul with 2.25x (m = 2), 4x (m = 4), 5.1x (m = 6) or 5.8x (m = 8) fewer
 // multiply-adds than the direct conv, run by the engine's fastest kernel.
 //   U[e] = G g G^T      (shaders/winograd_weight.wgsl, per call: write-bound, ~8% of a UNet)
 //   V[e] = B^T d B      (shaders/winograd_input.wgsl)
@@ -10,7 +10,7 @@
 // The transforms' arithmetic is generated from the matrices below (zero terms left out).
 // F(4x4, 3x3) is numerically weaker than F(2x2, 3x3) (errors several times larger, see F4)
 // and needs enough 4x4 tiles to fill the matmul's rows, so small images take m = 2; F(6x6, 3x3)
-// is weaker again and pays only on large images (the VAE encoder's), see winogradTileFor.
+// and F(8x8, 3x3) are weaker again and pay only on large images (the VAE encoder's), see winogradTileFor.
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies), and by its 'gpu' variant
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
@@ -31,9 +31,9 @@ const ENABLED = process.env.ELBO_WINOGRAD !== '0';
  * golden UNet (16x16 latents, CFG batch) by 3.6e-4, above that test's 2e-4.
  */
 const MIN_TILES_4 = 64;
-type TileSize = 2 | 4 | 6;
+type TileSize = 2 | 4 | 6 | 8;
 const TILE_ENV = Number(process.env.ELBO_WINOGRAD_TILE);
-let forcedTile = [2, 4, 6].includes(TILE_ENV) ? (TILE_ENV as TileSize) : undefined;
+let forcedTile = [2, 4, 6, 8].includes(TILE_ENV) ? (TILE_ENV as TileSize) : undefined;
 
 /**
  * Choices tests and benchmarks switch: `weightV4` false keeps the one-channel weight
@@ -103,6 +103,9 @@ const F4 = toomCook([0, 1, -1, 0.5, -2]);
 // F(6x6): points 0, +-1, +-1/2, +-2 (the usual choice; with -1/3 in place of -2 the worst
 // error in the same simulation was 20x larger).
 const F6 = toomCook([0, 1, -1, 0.5, -0.5, 2, -2]);
+// F(8x8): F(6x6)'s points and +-3/4. In the same simulation, among pairs added to F(6x6)'s
+// points, +-3/4, +-4/3 and (3/4, -4/3) came out best and alike; +-4 or +-1/4 were 5-10x worse.
+const F8 = toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75, -0.75]);
 
 /** WGSL for sum_k c[k] * term(k), zero terms left out, unit coefficients without a product. */
 function lin(c: number[], term: (k: number) => string): string {
@@ -152,18 +155,44 @@ function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Reco
 const F6_MIN_PIXELS = 128 * 128;
 
 /**
- * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
- * tiles per image (see MIN_TILES_4), F(6x6) on a 'cpu' adapter from F6_MIN_PIXELS on, else F(4x4).
+ * Where a 'cpu' adapter takes F(8x8, 3x3) (a = 10: 100 products per 64 outputs, against
+ * F(6x6)'s 64 per 36 and F(4x4)'s 36 per 16; 8x8 tiles also cover SD's power-of-two images
+ * without F(6x6)'s cut edge tiles): everywhere F(6x6) applied, and on images of 64x64 and up
+ * where both channel counts are >= 512 (the VAE encoder's 64x64 level), where the matmul
+ * that F(8x8) shrinks outweighs its larger weight transform. Alternated per conv (2-core
+ * Zen 5, f32): F(6x6) -> F(8x8) 128->128 at 512x512 x1.10, 256->256 at 256x256 x0.98 wall
+ * (kernels 327 -> 297 ms by timestamps), 512->512 at 128x128 x1.22; F(4x4) -> F(8x8) at 64x64
+ * 512->512 x1.20, the UNet's 320->320 x1.00-1.10 (batch 1) and x1.06 (batch 2), 640->320
+ * x1.35 (batch 2); at 32x32 x0.65-0.81. The SD 1.5 UNet with f16 weights gained nothing
+ * whole (8.45-8.76 -> 8.62-8.83 s) for +25 MB live and +200-300 MB of peak RSS, hence the
+ * channel bound. The VAE encoder at 512x512: 7.54 -> 6.68-7.00 s.
+ * Rounding (f32 simulation, winograd points below): 2.3e-5 (128 channels) and 4.0e-5 (512)
+ * of max |y| rms, worst 2.1e-4 and 2.9e-4: 10-15x F(6x6)'s, below what f16 weights round by.
+ * ELBO_WINOGRAD_F8=0 keeps the F(4x4) / F(6x6) choice.
  */
-export function winogradTileFor(H: number, W: number, B = 1, cpu = false): TileSize {
-  if (forcedTile) return forcedTile;
+const F8_MIN_PIXELS = 64 * 64;
+const F8_MIN_CHANNELS = 512;
+const F8_ENABLED = process.env.ELBO_WINOGRAD_F8 !== '0';
+
+/**
+ * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
+ * tiles per image (see MIN_TILES_4), on a 'cpu' adapter F(8x8) from F6_MIN_PIXELS on and on
+ * large channel counts (see F8_MIN_PIXELS) where W % 4 == 0, F(6x6) from F6_MIN_PIXELS on
+ * otherwise; else F(4x4). `channels` is min(Ci, Co).
+ */
+export function winogradTileFor(H: number, W: number, B = 1, cpu = false, channels = 0): TileSize {
+  // F(8x8) only on rows of a multiple of 4 (each tile row two vec4): its per-value path for
+  // other widths would cost ~30 s of lavapipe compile for shapes SD does not make.
+  if (forcedTile) return forcedTile === 8 && W % 4 !== 0 ? 6 : forcedTile;
   if (Math.ceil(H / 4) * Math.ceil(W / 4) < MIN_TILES_4) return 2;
-  return cpu && B * H * W >= F6_MIN_PIXELS ? 6 : 4;
+  const big = B * H * W >= F6_MIN_PIXELS;
+  if (cpu && F8_ENABLED && W % 4 === 0 && (big || (H * W >= F8_MIN_PIXELS && channels >= F8_MIN_CHANNELS))) return 8;
+  return cpu && big ? 6 : 4;
 }
 
-function winogradAlgo(dev: Device, B: number, H: number, W: number): Algo {
-  const m = winogradTileFor(H, W, B, dev.kind === 'cpu');
-  return m === 6 ? F6 : m === 4 ? F4 : F2;
+function winogradAlgo(dev: Device, B: number, H: number, W: number, Ci: number, Co: number): Algo {
+  const m = winogradTileFor(H, W, B, dev.kind === 'cpu', Math.min(Ci, Co));
+  return m === 8 ? F8 : m === 6 ? F6 : m === 4 ? F4 : F2;
 }
 
 /** Tests: take the Winograd path from `n` tiles on (Infinity: never; undefined: the default). */
@@ -202,7 +231,7 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   if (tiles < minTiles) return false;
   const lim = maxBindingBytes(dev); // the adapter's limit, or a test's lowered one
   if (Math.max(a.B * a.Ci * a.H * a.W, a.B * a.Co * a.H * a.W) * 4 > lim) return false;
-  const aa = winogradAlgo(dev, a.B, a.H, a.W).a ** 2;
+  const aa = winogradAlgo(dev, a.B, a.H, a.W, a.Ci, a.Co).a ** 2;
   const coc = coPerChunk(lim, aa, a.Ci, a.Co);
   return coc >= 4 && tilesPerChunk(lim, aa, a.Ci, coc) >= 1;
 }
@@ -220,7 +249,7 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W } = g;
   const f16 = w.dtype === 'f16';
-  const al = winogradAlgo(dev, B, H, W);
+  const al = winogradAlgo(dev, B, H, W, Ci, Co);
   // f16 U for F(2x2) only: F(4x4)'s output transform (entries up to 8) magnifies U's
   // rounding (320->320 at 64x64: 3.6e-3 at max |y| 1.7, vs 1.2e-3 at 3.3 for F(2x2)
   // 1280->1280 at 16x16) for a gain within noise (640->640 at 32x32: 129 -> 135 ms).
@@ -244,8 +273,9 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
         // F(2x2) on the checkpoint layout: 4 input channels per invocation, vec4 stores (the
         // shader's V4). f16 weights, ms per transform, one process: 1280->1280 49.2 -> 32.6,
         // 2560->1280 91.9 -> 66.0. F(4x4)'s 36 outputs per channel did not gain (640->640
-        // 20.6 -> 23.1, 1920->640 62.7 -> 67.7) and keep one channel per invocation.
-        const v4 = winogradTuning.weightV4 && al.m === 2 && sTap === 1 && sCi === 9 && (co0 * sCo) % 4 === 0 && Ci % 4 === 0;
+        // 20.6 -> 23.1, 1920->640 62.7 -> 67.7) and keep one channel per invocation, as
+        // F(6x6) does; F(8x8)'s 100 did (512->512, f32, GPU timestamps: 20.9 -> 16.3 ms).
+        const v4 = winogradTuning.weightV4 && (al.m === 2 || al.m === 8) && sTap === 1 && sCi === 9 && (co0 * sCo) % 4 === 0 && Ci % 4 === 0;
         const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}${v4 ? ':v4' : ''}${uH ? ':uh' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4, UH: uH }));
         // channels per invocation: 4 (V4), 2 (f16 U: one u32 per store) or 1
         const [nx, ny] = grid1d(Math.ceil((nco * (Ci / (v4 ? 4 : uH ? 2 : 1))) / 64));
@@ -268,7 +298,7 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
   const tx = Math.ceil(W / al.m);
   // 4x4 tiles on rows of a multiple of 4: each tile row is an aligned vec4 of x and of out;
   // 6x6 tiles on rows of even length: three aligned vec2
-  const v4 = al.m === 4 && W % 4 === 0;
+  const v4 = (al.m === 4 || al.m === 8) && W % 4 === 0;
   const v2 = al.m === 6 && W % 2 === 0;
   const aa = al.a * al.a;
   const variant = g.variant ?? 'cpu';
