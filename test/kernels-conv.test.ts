@@ -259,6 +259,67 @@ describe('conv2d', () => {
     expect(winogradTileFor(512, 512, 1, true)).toBe(2);
   });
 
+  // Stride-2 3x3 convs padded (0, 1, 0, 1) (the VAE encoder's downsamplers) on 'cpu': Winograd
+  // F(m x m, 2x2) on the input's four phases (winograd.ts, winogradS2Applies), here from one
+  // output pixel on: both tiles, edge tiles cut (H not a multiple of 2 m), batches, channel
+  // counts that are not multiples of 4, fused epilogues, f16 and prepared weights, chunks.
+  for (const m of [6, 8] as const) {
+    it(`cpu: stride-2 convs padded (0, 1, 0, 1) by Winograd F(${m}x${m}, 2x2) on the input's phases`, async () => {
+      dev = await getDevice();
+      if (dev.kind !== 'cpu') return;
+      const saved = { ...winogradTuning };
+      winogradTuning.s2MinPixels = 1;
+      winogradTuning.s2Tile = m;
+      try {
+        const families = async (c: Omit<Case, 'k'>): Promise<string[]> => {
+          dev.startProfile();
+          await check('cpu', { k: 3, stride: 2, pad: [0, 1, 0, 1], ...c }, 1, m === 8 ? 3e-4 : 1e-4);
+          return [...(await dev.stopProfile()).keys()].sort();
+        };
+        const wino = ['winograd input', 'winograd matmul', 'winograd output', 'winograd weight'];
+        expect(await families({ B: 2, Ci: 8, Co: 12, H: 18, W: 16, bias: true, residual: true, act: 'silu' })).toEqual(wino);
+        expect(await families({ B: 1, Ci: 3, Co: 4, H: 2, W: 8 })).toEqual(wino);
+        expect(await families({ B: 3, Ci: 5, Co: 8, H: 30, W: 24, bias: true })).toEqual(wino);
+        expect(await families({ B: 1, Ci: 128, Co: 8, H: 20, W: 32, residual: true })).toEqual(wino); // 4 x 128-channel sums
+        if (dev.hasF16) expect(await families({ B: 2, Ci: 8, Co: 16, H: 14, W: 16, bias: true, f16: true, act: 'silu' })).toEqual(wino);
+        // M through a buffer instead of a texture; V in chunks of tiles (32 KiB: 6 or 10 tiles of 16 channels)
+        winogradTuning.mTexture = false;
+        await families({ B: 2, Ci: 8, Co: 12, H: 18, W: 16, bias: true, residual: true, act: 'silu' });
+        winogradTuning.mTexture = true;
+        winogradTuning.chunkBytes = 4096 * 8;
+        expect(await families({ B: 2, Ci: 4, Co: 8, H: 34, W: 32, bias: true })).toEqual(wino);
+        winogradTuning.chunkBytes = saved.chunkBytes;
+        // U in chunks of output channels under a 64 KiB binding (4 of 12 with F(8x8), 8 with F(6x6))
+        setMaxBindingBytes(65536);
+        expect(await families({ B: 1, Ci: 8, Co: 12, H: 16, W: 16, bias: true, residual: true })).toEqual(wino);
+        setMaxBindingBytes(undefined);
+        // not taken (im2col + matmul): odd H, W not a multiple of 8, symmetric padding, stride 3
+        const im2col = ['im2col', 'im2col matmul'];
+        expect(await families({ B: 1, Ci: 8, Co: 8, H: 17, W: 16 })).toEqual(im2col);
+        expect(await families({ B: 1, Ci: 8, Co: 8, H: 16, W: 12 })).toEqual(im2col);
+        expect(await families({ B: 1, Ci: 8, Co: 8, H: 16, W: 16, pad: 1 })).toEqual(im2col);
+        expect(await families({ B: 1, Ci: 8, Co: 8, H: 16, W: 16, stride: 3 })).toEqual(im2col);
+        // prepared f32 weights (Ci = 5 or Co = 7: the direct kernel's (ci, ky, kx, co) layout),
+        // read through their strides; Co not a multiple of 4 is not taken
+        for (const [ci, co] of [[5, 8], [8, 7]] as const) {
+          const x = Tensor.fromArray(dev, randn(2 * ci * 12 * 16, 51), [2, ci, 12, 16]);
+          const w = Tensor.fromArray(dev, randn(co * ci * 9, 52, 0.5), [co, ci, 3, 3]);
+          const wp = prepareConvWeight(w);
+          expect(wp).not.toBe(w);
+          const opts = { stride: 2, padding: [0, 1, 0, 1] as [number, number, number, number], act: 'silu' as const };
+          const ref = await conv2d(x, w, { ...opts, variant: 'naive' }).toArray();
+          dev.startProfile();
+          const got = await conv2d(x, wp, { ...opts, variant: 'cpu' }).toArray();
+          expect([...(await dev.stopProfile()).keys()].sort()).toEqual(co === 8 ? wino : im2col);
+          expectClose(got, ref, m === 8 ? 3e-4 : 1e-4, `stride-2 conv with a prepared weight, Ci ${ci} Co ${co}`);
+          for (const t of [x, w, wp]) t.release();
+        }
+      } finally {
+        Object.assign(winogradTuning, saved);
+      }
+    });
+  }
+
   // Strided convs on 'cpu' (Ci * kh * kw a multiple of 4): im2col patches in chunks of
   // output pixels, then one matmul per chunk.
   it('cpu: strided convs go through im2col + matmul, in chunks of output pixels', async () => {

@@ -10,7 +10,7 @@
 // into the output (the epilogue's ACCUM flag), the activation and residual come with the
 // last one.
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
-import { conv3x3Winograd, winogradApplies } from './winograd.js';
+import { conv3x3Winograd, winogradApplies, winogradS2Applies } from './winograd.js';
 import { convIm2col, im2colApplies } from './im2col.js';
 import {
   ACT_CODE, FLAG, buildShader, dispatchGpu2, dummy, gemmUniforms, gpuGemmTuning, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
@@ -242,6 +242,11 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
+  if (variant === 'cpu' && winogradS2Applies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
+    const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
+    conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, s2: true });
+    return out;
+  }
   if (variant === 'cpu' && im2colApplies(dev, { Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;

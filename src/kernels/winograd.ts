@@ -54,6 +54,12 @@ export const winogradTuning = {
   chunkBytes: undefined as number | undefined,
   /** cpu kernel: M goes through a texture (ELBO_WINOGRAD_MTEX=0: a buffer), see winogradTiles. */
   mTexture: process.env.ELBO_WINOGRAD_MTEX !== '0',
+  /** Stride-2 convs by Winograd on the input's phases (ELBO_WINOGRAD_S2=0: im2col), see winogradS2Applies. */
+  s2: process.env.ELBO_WINOGRAD_S2 !== '0',
+  /** Its output tile: F(8x8, 2x2) or F(6x6, 2x2) (ELBO_WINOGRAD_S2_TILE=6), see S2_ALGOS. */
+  s2Tile: (process.env.ELBO_WINOGRAD_S2_TILE === '6' ? 6 : 8) as 6 | 8,
+  /** Output pixels per call (batch x height x width) from which stride-2 convs take it. */
+  s2MinPixels: 128 * 128,
 };
 
 /**
@@ -68,18 +74,21 @@ export function setWinogradTile(m: TileSize | undefined): void {
   forcedTile = m;
 }
 
-/** One Winograd algorithm F(m x m, 3x3): its transform matrices (a = m + 2). */
-interface Algo { m: number; a: number; BT: number[][]; G: number[][]; AT: number[][] }
+/**
+ * One Winograd algorithm F(m x m, r x r): its transform matrices (a = m + r - 1) and the name
+ * its pipelines are cached under.
+ */
+interface Algo { m: number; a: number; r: number; key: string; BT: number[][]; G: number[][]; AT: number[][] }
 
 /**
- * The Toom-Cook construction of F(m, 3) from m + 1 finite interpolation points and infinity:
- * A^T[i][j] = p_j^i, G[j][k] = p_j^k / prod_{l != j} (p_j - p_l), B^T[j] = the coefficients of
- * prod_{l != j} (x - p_l) (and of prod_l (x - p_l) for infinity); y = A^T [(G g) * (B^T d)]
- * is the 1-D correlation of d with g, and nesting it gives the 2-D one.
+ * The Toom-Cook construction of F(m, r) from a - 1 finite interpolation points and infinity
+ * (a = m + r - 1): A^T[i][j] = p_j^i, G[j][k] = p_j^k / prod_{l != j} (p_j - p_l), B^T[j] =
+ * the coefficients of prod_{l != j} (x - p_l) (and of prod_l (x - p_l) for infinity);
+ * y = A^T [(G g) * (B^T d)] is the 1-D correlation of d with g, and nesting it gives the 2-D one.
  */
-function toomCook(p: number[]): Algo {
-  const m = p.length - 1;
-  const a = m + 2;
+function toomCook(p: number[], r = 3): Algo {
+  const a = p.length + 1;
+  const m = a - r + 1;
   const poly = (roots: number[]): number[] =>
     roots.reduce((c, r) => {
       const o = new Array<number>(c.length + 1).fill(0);
@@ -91,9 +100,10 @@ function toomCook(p: number[]): Algo {
     }, [1]);
   const pad = (c: number[]): number[] => [...c, ...new Array<number>(a - c.length).fill(0)];
   const AT = Array.from({ length: m }, (_, i) => [...p.map((x) => x ** i), i === m - 1 ? 1 : 0]);
-  const G = [...p.map((pj, j) => [0, 1, 2].map((k) => pj ** k / p.reduce((d, pl, l) => (l === j ? d : d * (pj - pl)), 1))), [0, 0, 1]];
+  const taps = Array.from({ length: r }, (_, k) => k);
+  const G = [...p.map((pj, j) => taps.map((k) => pj ** k / p.reduce((d, pl, l) => (l === j ? d : d * (pj - pl)), 1))), taps.map((k) => (k === r - 1 ? 1 : 0))];
   const BT = [...p.map((_, j) => pad(poly(p.filter((__, l) => l !== j)))), poly(p)];
-  return { m, a, BT, G, AT };
+  return { m, a, r, key: `${m}${r === 3 ? '' : `r${r}`}`, BT, G, AT };
 }
 const F2 = toomCook([0, 1, -1]);
 // Points 0, +-1, 1/2, -2 rather than Lavin & Gray's 0, +-1, +-2: the same cost, and in an
@@ -132,11 +142,12 @@ function transformCode(al: Algo, side: 'input' | 'output' | 'weight'): string {
   const { a, m, BT, G, AT } = al;
   if (side === 'input') return sandwich(BT, BT, (i, j) => `d[${a * i + j}]`, (i, j, e) => `v[${a * i + j}u * plane + o] = ${e};`, a);
   if (side === 'output') return sandwich(AT, AT, (i, j) => `q[${a * i + j}]`, (i, j, e) => `y[${m * i + j}] = ${e};`, a);
-  return sandwich(G, G, (i, j) => `g[${3 * i + j}]`, (i, j, e) => `u[${a * i + j}u * plane + i] = st(${e});`, 3);
+  return sandwich(G, G, (i, j) => `g[${al.r * i + j}]`, (i, j, e) => `u[${a * i + j}u * plane + i] = st(${e});`, al.r);
 }
 
-function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Record<string, boolean>): string {
-  return buildShader(`winograd_${side}`, defines, { TM: al.m, TA: al.a, TAA: al.a * al.a, TMM: al.m * al.m, TRANSFORM: transformCode(al, side) });
+/** A transform's shader: winograd_<side>.wgsl, or with `s2` the stride-2 conv's winograd_s2_<side>.wgsl. */
+function winoShader(al: Algo, side: 'input' | 'output' | 'weight', defines: Record<string, boolean>, s2 = false): string {
+  return buildShader(`winograd_${s2 ? 's2_' : ''}${side}`, defines, { TM: al.m, TA: al.a, TAA: al.a * al.a, TMM: al.m * al.m, TRANSFORM: transformCode(al, side) });
 }
 
 /**
@@ -205,12 +216,14 @@ export interface WinogradArgs {
   w: Tensor; // weight data, f32 or f16
   /** element strides of co, ci and tap (3 * ky + kx) in w */
   wStrides: [number, number, number];
-  out: Tensor; // (B, Co, H, W) f32
+  out: Tensor; // (B, Co, H, W) f32; with s2 (B, Co, H / 2, W / 2)
   bias?: Tensor;
   residual?: Tensor;
   act: Act;
   /** The batched matmul's variant: 'cpu' (lavapipe) or 'gpu' (gpuGemmTuning.winograd). */
   variant?: 'cpu' | 'gpu';
+  /** Stride 2, padding 0 top and left and 1 bottom and right (see winogradS2Applies). */
+  s2?: boolean;
   B: number; Ci: number; Co: number; H: number; W: number;
   label: string;
 }
@@ -236,6 +249,42 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
   return coc >= 4 && tilesPerChunk(lim, aa, a.Ci, coc) >= 1;
 }
 
+/**
+ * Stride-2 3x3 convs with padding 0 top and left and 1 bottom and right (diffusers'
+ * Downsample2D in the VAE encoder: `F.pad(x, (0, 1, 0, 1))`, then the conv) as Winograd on
+ * the input's four phases: x[ci, 2i + p, 2j + q] is channel (ci, p, q) of a half-size image,
+ * and the conv is a stride-1 2x2 conv over those 4 Ci channels with the 3x3 kernel split by
+ * phase (taps that would be 3 are zero), computed by F(S2_M x S2_M, 2x2). Its batched
+ * matmul has K = 4 Ci and (m + 1)^2 / m^2 products per output, 4 (m + 1)^2 / m^2 per input
+ * channel against the 9 of im2col + matmul: 5.1 at m = 8, 5.4 at m = 6.
+ */
+// Alternated per conv with im2col + matmul (2-core Zen 5, f32, wall ms, F(6x6, 2x2) / F(8x8,
+// 2x2)): 128->128 at 512x512 382 -> 302 / 307, 256->256 at 256x256 324 -> 282 / 234 (8x8 tiles
+// fit 128 x 128 outputs exactly), 512->512 at 128x128 312 -> 310 / 313 (64 x 64 outputs: a
+// matmul of few rows and K = 2048 runs slower, and U is 36x the weight): hence from 128 x 128
+// output pixels (s2MinPixels). VAE encoder, three alternated pairs of bench -- vae --runs 2:
+// 6.56/6.75/6.54 -> 6.43/6.29/6.47 s. Rounding (f32 simulation, 512 channels, of max |y|):
+// F(6x6, 2x2) rms 2.6e-6, worst 1.4e-5; F(8x8, 2x2) rms 3.2e-5, worst 2.5e-4, as F(8x8, 3x3).
+const S2_ALGOS = { 6: toomCook([0, 1, -1, 0.5, -0.5, 2], 2), 8: toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75], 2) };
+
+/**
+ * Whether conv2d's 'cpu' variant takes the stride-2 Winograd path: 3x3, stride 2, pads
+ * (0, 1, 0, 1), H even and W a multiple of 8 (x rows read as vec4, output rows of even
+ * length), channels out a multiple of 4, activation none or SiLU, enough output pixels, and
+ * x, the output and one output channel's U within a storage binding.
+ */
+export function winogradS2Applies(dev: Device, a: { B: number; Ci: number; Co: number; H: number; W: number; kh: number; kw: number; stride: number; pads: number[]; act: Act }): boolean {
+  if (!ENABLED || !winogradTuning.s2 || dev.kind !== 'cpu') return false;
+  if (a.kh !== 3 || a.kw !== 3 || a.stride !== 2 || a.pads.join() !== '0,1,0,1') return false;
+  if (a.H % 2 !== 0 || a.W % 8 !== 0 || a.Co % 4 !== 0 || (a.act !== 'none' && a.act !== 'silu')) return false;
+  if ((a.B * a.H * a.W) / 4 < winogradTuning.s2MinPixels) return false;
+  const lim = maxBindingBytes(dev);
+  if (Math.max(a.B * a.Ci * a.H * a.W, (a.B * a.Co * a.H * a.W) / 4) * 4 > lim) return false;
+  const aa = S2_ALGOS[winogradTuning.s2Tile].a ** 2;
+  const coc = coPerChunk(lim, aa, 4 * a.Ci, a.Co);
+  return coc >= 4 && tilesPerChunk(lim, aa, 4 * a.Ci, coc) >= 1;
+}
+
 /** Output channels per chunk (a multiple of 4) so that U (aa, Co, Ci) fits one binding. */
 function coPerChunk(lim: number, aa: number, Ci: number, Co: number): number {
   return Math.min(Co, Math.floor(lim / (aa * 4 * Ci) / 4) * 4);
@@ -247,36 +296,48 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 }
 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
-  const { w, B, Ci, Co, H, W } = g;
+  const { w, B, Ci, Co, H, W, s2 } = g;
   const f16 = w.dtype === 'f16';
-  const al = winogradAlgo(dev, B, H, W, Ci, Co);
+  const al = s2 ? S2_ALGOS[winogradTuning.s2Tile] : winogradAlgo(dev, B, H, W, Ci, Co);
+  // the batched matmul's K: input channels, or with s2 their four phases
+  const K = s2 ? 4 * Ci : Ci;
+  const [Ho, Wo] = s2 ? [H / 2, W / 2] : [H, W];
   // f16 U for F(2x2) only: F(4x4)'s output transform (entries up to 8) magnifies U's
   // rounding (320->320 at 64x64: 3.6e-3 at max |y| 1.7, vs 1.2e-3 at 3.3 for F(2x2)
   // 1280->1280 at 16x16) for a gain within noise (640->640 at 32x32: 129 -> 135 ms).
-  const uH = f16 && winogradTuning.f16U && al.m === 2;
+  const uH = f16 && winogradTuning.f16U && al.m === 2 && !s2;
   const aa = al.a * al.a;
-  const tiles = B * Math.ceil(W / al.m) * Math.ceil(H / al.m);
+  const tiles = B * Math.ceil(Wo / al.m) * Math.ceil(Ho / al.m);
   // Per chunk of output channels: U (aa, Coc, Ci); per chunk of tiles: V and M. One chunk
   // of each in the UNet except its 2560-channel inputs (U would be 210 MB at m = 2).
   const lim = maxBindingBytes(dev);
-  const coc = coPerChunk(lim, aa, Ci, Co);
+  const coc = coPerChunk(lim, aa, K, Co);
   const chunk = Math.min(lim, winogradTuning.chunkBytes ?? (dev.hostMemory ? CPU_CHUNK_BYTES : lim));
   // Chunks of equal size (a small last chunk would make a ragged matmul of its own).
-  const chunks = Math.ceil(tiles / Math.max(1, tilesPerChunk(chunk, aa, Ci, coc)));
+  const chunks = Math.ceil(tiles / Math.max(1, tilesPerChunk(chunk, aa, K, coc)));
   const per = Math.ceil(tiles / chunks);
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
-    const u = Tensor.empty(dev, [aa, nco, Ci], uH ? 'f16' : 'f32', 'winograd U');
+    const u = Tensor.empty(dev, [aa, nco, K], uH ? 'f16' : 'f32', 'winograd U');
     try {
       const [sCo, sCi, sTap] = g.wStrides;
-      {
+      if (s2) {
+        // one (co, ci) per invocation: its four phase kernels as one vec4 per store
+        const pipeline = dev.pipeline(`winograd_s2_weight:${al.key}:${w.dtype}`, () => winoShader(al, 'weight', { F16: f16 }, true));
+        const [nx, ny] = grid1d(Math.ceil((nco * Ci) / 64));
+        dev.dispatch({
+          label: `${g.label} winograd weight`, family: 'winograd weight', pipeline,
+          uniforms: uniforms([['u', nco], ['u', Ci], ['u', nx], ['u', co0 * sCo], ['u', sCo], ['u', sCi], ['u', sTap], ['u', 0]]),
+          bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
+        });
+      } else {
         // F(2x2) on the checkpoint layout: 4 input channels per invocation, vec4 stores (the
         // shader's V4). f16 weights, ms per transform, one process: 1280->1280 49.2 -> 32.6,
         // 2560->1280 91.9 -> 66.0. F(4x4)'s 36 outputs per channel did not gain (640->640
         // 20.6 -> 23.1, 1920->640 62.7 -> 67.7) and keep one channel per invocation, as
         // F(6x6) does; F(8x8)'s 100 did (512->512, f32, GPU timestamps: 20.9 -> 16.3 ms).
         const v4 = winogradTuning.weightV4 && (al.m === 2 || al.m === 8) && sTap === 1 && sCi === 9 && (co0 * sCo) % 4 === 0 && Ci % 4 === 0;
-        const pipeline = dev.pipeline(`winograd_weight:${al.m}:${w.dtype}${v4 ? ':v4' : ''}${uH ? ':uh' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4, UH: uH }));
+        const pipeline = dev.pipeline(`winograd_weight:${al.key}:${w.dtype}${v4 ? ':v4' : ''}${uH ? ':uh' : ''}`, () => winoShader(al, 'weight', { F16: f16, V4: v4, UH: uH }));
         // channels per invocation: 4 (V4), 2 (f16 U: one u32 per store) or 1
         const [nx, ny] = grid1d(Math.ceil((nco * (Ci / (v4 ? 4 : uH ? 2 : 1))) / 64));
         dev.dispatch({
@@ -285,29 +346,42 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
           bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
         });
       }
-      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, al, u, co0, nco, t0, Math.min(per, tiles - t0));
+      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, al, u, co0, nco, t0, Math.min(per, tiles - t0), Ho, Wo);
     } finally {
       u.release();
     }
   }
 }
 
-/** Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels [co0, co0 + nco). */
-function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
-  const { x, out, B, Ci, Co, H, W } = g;
-  const tx = Math.ceil(W / al.m);
-  // 4x4 tiles on rows of a multiple of 4: each tile row is an aligned vec4 of x and of out;
-  // 6x6 tiles on rows of even length: three aligned vec2
-  const v4 = (al.m === 4 || al.m === 8) && W % 4 === 0;
-  const v2 = al.m === 6 && W % 2 === 0;
+/**
+ * Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels
+ * [co0, co0 + nco), of an Ho x Wo output.
+ */
+function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number, Ho: number, Wo: number): void {
+  const { x, out, B, Ci, Co, H, W, s2 } = g;
+  const K = s2 ? 4 * Ci : Ci;
+  const tx = Math.ceil(Wo / al.m);
+  // 4x4 and 8x8 tiles on rows of a multiple of 4: each tile row is one or two aligned vec4 of
+  // x and of out; 6x6 tiles on rows of even length: three aligned vec2 (with s2, of out only)
+  const v4 = (al.m === 4 || al.m === 8) && Wo % 4 === 0;
+  const v2 = al.m === 6 && Wo % 2 === 0;
   const aa = al.a * al.a;
   const variant = g.variant ?? 'cpu';
-  const v = Tensor.empty(dev, [aa, nt, Ci], 'f32', 'winograd V');
+  const v = Tensor.empty(dev, [aa, nt, K], 'f32', 'winograd V');
   let m: Tensor | undefined;
   let mTex: GPUTexture | undefined;
   try {
-    {
-      const pipeline = dev.pipeline(`winograd_input:${al.m}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
+    if (s2) {
+      // one (tile, input channel) per invocation, its four phases as one vec4
+      const pipeline = dev.pipeline(`winograd_s2_input:${al.key}`, () => winoShader(al, 'input', {}, true));
+      const [nx, ny] = grid1d(Math.ceil((nt * Ci) / 64));
+      dev.dispatch({
+        label: `${g.label} winograd input`, family: 'winograd input', pipeline,
+        uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', Ho], ['u', 0], ['u', 0]]),
+        bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
+      });
+    } else {
+      const pipeline = dev.pipeline(`winograd_input:${al.key}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
@@ -319,28 +393,28 @@ function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: n
     // transform reads it with textureLoad: on lavapipe a vectorised fetch where a buffer load
     // is a per-lane loop, and a store per vec4 where the matmul's epilogue stores per value.
     // 128->128 at 512x512, ms, one process: matmul 294 -> 244, output transform 156 -> 77.
-    if (variant === 'cpu' && winogradTuning.mTexture && cpuGemmTuning.aTexture && textureHolds(dev, nt, Ci, aa) && textureHolds(dev, nt, nco, aa)) {
+    if (variant === 'cpu' && winogradTuning.mTexture && cpuGemmTuning.aTexture && textureHolds(dev, nt, K, aa) && textureHolds(dev, nt, nco, aa)) {
       mTex = dev.allocTexture(nco / 4, nt, aa, 'winograd M');
     } else {
       m = Tensor.empty(dev, [aa, nt, nco], 'f32', 'winograd M');
     }
     runGemm(dev, {
-      label: `winograd matmul (${aa}x${nt}x${Ci})@(${aa}x${nco}x${Ci})^T`, M: nt, N: nco, K: Ci, batch: aa,
-      a: { t: v, off: 0, rs: Ci, cs: 1, bs: nt * Ci },
-      b: { t: u, off: 0, rs: 1, cs: Ci, bs: nco * Ci },
+      label: `winograd matmul (${aa}x${nt}x${K})@(${aa}x${nco}x${K})^T`, M: nt, N: nco, K, batch: aa,
+      a: { t: v, off: 0, rs: K, cs: 1, bs: nt * K },
+      b: { t: u, off: 0, rs: 1, cs: K, bs: nco * K },
       out: { t: m ?? dummy(dev), off: 0, rs: nco, cs: 1, bs: nt * nco },
       outTexture: mTex,
       alpha: 1, act: 'none', variant, family: 'winograd matmul',
     });
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${al.m}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}:${Boolean(mTex)}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex) }));
+      const pipeline = dev.pipeline(`winograd_output:${al.key}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}:${Boolean(mTex)}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex) }));
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
       dev.dispatch({
         label: `${g.label} winograd output`, family: 'winograd output', pipeline,
-        uniforms: uniforms([['u', B], ['u', nco], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
+        uniforms: uniforms([['u', B], ['u', nco], ['u', Ho], ['u', Wo], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
         bindings: [mTex ? textureBinding(mTex) : m!.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
         workgroups: [nx, ny],
       });
