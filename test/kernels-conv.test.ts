@@ -246,10 +246,16 @@ describe('conv2d', () => {
     expect(winogradTileFor(64, 64, 4, true)).toBe(8);
     expect(winogradTileFor(64, 64, 2, true)).toBe(4);
     expect(winogradTileFor(64, 64, 1, true)).toBe(4);
-    expect(winogradTileFor(64, 64, 1, true, 320)).toBe(4);
-    expect(winogradTileFor(64, 64, 1, true, 512)).toBe(8);
-    expect(winogradTileFor(32, 32, 1, true, 512)).toBe(4);
-    expect(winogradTileFor(512, 512, 1, false, 512)).toBe(4); // GPU adapters keep F(4x4)
+    expect(winogradTileFor(64, 64, 1, true, 320, 320)).toBe(4);
+    expect(winogradTileFor(64, 64, 1, true, 512, 512)).toBe(8);
+    expect(winogradTileFor(64, 64, 1, true, 512, 320)).toBe(4);
+    expect(winogradTileFor(32, 32, 1, true, 512, 512)).toBe(4);
+    expect(winogradTileFor(512, 512, 1, false, 512, 512)).toBe(4); // GPU adapters keep F(4x4)
+    // ... and only where U (100 Ci Co floats) is at most 128 MiB: the UNet's 640->640
+    // upsampler conv at 64x64 (164 MB) keeps F(4x4) at batch 2, F(6x6) at batch 4
+    expect(winogradTileFor(64, 64, 2, true, 640, 640)).toBe(4);
+    expect(winogradTileFor(64, 64, 4, true, 640, 640)).toBe(6);
+    expect(winogradTileFor(64, 64, 4, true, 320, 640)).toBe(8);
     expect(winogradTileFor(510, 510, 1, true)).toBe(6); // F(8x8) wants rows of a multiple of 4
     setWinogradTile(8);
     expect(winogradTileFor(16, 20)).toBe(8);

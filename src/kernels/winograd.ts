@@ -176,33 +176,38 @@ const F6_MIN_PIXELS = 128 * 128;
  * 512->512 x1.20, the UNet's 320->320 x1.00-1.10 (batch 1) and x1.06 (batch 2), 640->320
  * x1.35 (batch 2); at 32x32 x0.65-0.81. The SD 1.5 UNet with f16 weights gained nothing
  * whole (8.45-8.76 -> 8.62-8.83 s) for +25 MB live and +200-300 MB of peak RSS, hence the
- * channel bound. The VAE encoder at 512x512: 7.54 -> 6.68-7.00 s.
+ * channel bound. The VAE encoder at 512x512: 7.54 -> 6.68-7.00 s. Only where U (100 Ci Co
+ * floats) fits F8_MAX_U_BYTES: the UNet's 640->640 upsampler conv at 64x64 took F(8x8) by the
+ * channel bound, and its 164 MB U (F(4x4): 59 MB) raised a short f16 segmentation's peak
+ * from 2466 to 2503 MB live and 3588 to 3716 MB of RSS, past its budget.
  * Rounding (f32 simulation, winograd points below): 2.3e-5 (128 channels) and 4.0e-5 (512)
  * of max |y| rms, worst 2.1e-4 and 2.9e-4: 10-15x F(6x6)'s, below what f16 weights round by.
  * ELBO_WINOGRAD_F8=0 keeps the F(4x4) / F(6x6) choice.
  */
 const F8_MIN_PIXELS = 64 * 64;
 const F8_MIN_CHANNELS = 512;
+const F8_MAX_U_BYTES = 128 * 2 ** 20;
 const F8_ENABLED = process.env.ELBO_WINOGRAD_F8 !== '0';
 
 /**
  * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
  * tiles per image (see MIN_TILES_4), on a 'cpu' adapter F(8x8) from F6_MIN_PIXELS on and on
  * large channel counts (see F8_MIN_PIXELS) where W % 4 == 0, F(6x6) from F6_MIN_PIXELS on
- * otherwise; else F(4x4). `channels` is min(Ci, Co).
+ * otherwise; else F(4x4).
  */
-export function winogradTileFor(H: number, W: number, B = 1, cpu = false, channels = 0): TileSize {
+export function winogradTileFor(H: number, W: number, B = 1, cpu = false, Ci = 0, Co = Ci): TileSize {
   // F(8x8) only on rows of a multiple of 4 (each tile row two vec4): its per-value path for
   // other widths would cost ~30 s of lavapipe compile for shapes SD does not make.
   if (forcedTile) return forcedTile === 8 && W % 4 !== 0 ? 6 : forcedTile;
   if (Math.ceil(H / 4) * Math.ceil(W / 4) < MIN_TILES_4) return 2;
   const big = B * H * W >= F6_MIN_PIXELS;
-  if (cpu && F8_ENABLED && W % 4 === 0 && (big || (H * W >= F8_MIN_PIXELS && channels >= F8_MIN_CHANNELS))) return 8;
+  const f8 = big || (H * W >= F8_MIN_PIXELS && Math.min(Ci, Co) >= F8_MIN_CHANNELS);
+  if (cpu && F8_ENABLED && W % 4 === 0 && f8 && F8.a ** 2 * Ci * Co * 4 <= F8_MAX_U_BYTES) return 8;
   return cpu && big ? 6 : 4;
 }
 
 function winogradAlgo(dev: Device, B: number, H: number, W: number, Ci: number, Co: number): Algo {
-  const m = winogradTileFor(H, W, B, dev.kind === 'cpu', Math.min(Ci, Co));
+  const m = winogradTileFor(H, W, B, dev.kind === 'cpu', Ci, Co);
   return m === 8 ? F8 : m === 6 ? F6 : m === 4 ? F4 : F2;
 }
 
