@@ -1,7 +1,7 @@
 // Winograd F(TM x TM, 2x2) on a stride-2 3x3 conv with padding 0 top/left and 1 bottom/right
 // (diffusers' Downsample2D in the VAE encoder), input side. The conv is a 2x2 stride-1 conv
 // over x split into its four phases: channel (ci, p, q) of the split image at (i, j) is
-// x[ci, 2i + p, 2j + q], zero past the bottom and right edges (winograd.ts, conv3x3s2Winograd).
+// x[ci, 2i + p, 2j + q], zero past the bottom and right edges (winograd.ts, winogradS2Applies).
 // Per TM x TM output tile and input channel ci, V = B^T d B of the TA x TA (TA = TM + 1)
 // patch d of the four phases (one vec4: phase 2p + q), written as TA * TA matrices V[e]
 // (tiles, 4 Ci): the a operand of one batched matmul with K = 4 Ci. One invocation per
@@ -20,7 +20,7 @@ const RV = (2u * TA + 3u) / 4u;  // vec4 per row of the patch
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * p.nx * 64u;
   if (i >= p.nt * p.Ci) { return; }
-  let tile = tileOf(i, p.Ci, p.t0, p.tx, p.Ho);
+  let tile = tileOf(i, p.Ci, p.t0, p.tx, p.Ho);  // tile.c4: the input channel here
   let hw = p.H * p.W;
   let cb = p.xOff + (tile.b * p.Ci + tile.c4) * hw;
   let x0 = 2u * TM * tile.tx;

@@ -17,10 +17,11 @@ describe('doctor', () => {
     expect(text.out).toMatch(new RegExp(`^submits:\\s+every ${dev.maxBatch} dispatches and at each readback`, 'm'));
     expect(text.out).toMatch(new RegExp(`^pool:\\s+free buffers kept for reuse up to ${dev.poolCap / 2 ** 20} MiB`, 'm'));
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
-    expect(text.out).toMatch(/'cpu' kernels.*f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\)/);
+    expect(text.out).toMatch(/'cpu' kernels.*F\(8x8\) on large images on \(ELBO_WINOGRAD_F8\), f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\), stride-2 downsamplers by F\(8x8, 2x2\) \(ELBO_WINOGRAD_S2\)/);
     expect(text.out).toMatch(/'gpu' kernels.*heads wider than 160 by GEMM \(ELBO_GPU_ATTN_WIDE\), head-mean probs by the gpu kernel \(ELBO_GPU_PROBS\)/);
 
     winogradTuning.f16U = false;
+    winogradTuning.s2 = false;
     try {
       const json = await runCli(['doctor', '--json']);
       const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; poolCapMb: number; maxBatch: number; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
@@ -29,9 +30,10 @@ describe('doctor', () => {
       expect(r.maxBatch).toBe(dev.maxBatch);
       expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
       expect(r.kernels.attention!.inUse).toBe(dev.kind);
-      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32' });
+      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, winogradF8: true, winogradS2: 'off', matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32' });
     } finally {
       winogradTuning.f16U = true;
+      winogradTuning.s2 = true;
     }
   });
 });
