@@ -17,7 +17,7 @@ describe('doctor', () => {
     expect(text.out).toMatch(new RegExp(`^submits:\\s+every ${dev.maxBatch} dispatches and at each readback`, 'm'));
     expect(text.out).toMatch(new RegExp(`^pool:\\s+free buffers kept for reuse up to ${dev.poolCap / 2 ** 20} MiB`, 'm'));
     expect(text.out).toMatch(new RegExp(`^  matmul\\s+${dev.kind}\\s+/ naive, cpu, gpu$`, 'm'));
-    expect(text.out).toMatch(/'cpu' kernels.*F\(8x8\) on large images on \(ELBO_WINOGRAD_F8\), f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\), stride-2 downsamplers by F\(8x8, 2x2\) \(ELBO_WINOGRAD_S2\)/);
+    expect(text.out).toMatch(/'cpu' kernels.*F\(8x8\) on large images on \(ELBO_WINOGRAD_F8\), f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\), stride-2 downsamplers by F\(8x8, 2x2\) \/ F\(4x4, 2x2\) \(ELBO_WINOGRAD_S2\)/);
     expect(text.out).toMatch(/'gpu' kernels.*heads wider than 160 by GEMM \(ELBO_GPU_ATTN_WIDE\), head-mean probs by the gpu kernel \(ELBO_GPU_PROBS\)/);
 
     winogradTuning.f16U = false;

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
-import { setWinogradMinTiles, setWinogradTile, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
+import { setWinogradMinTiles, setWinogradTile, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
 import { im2colTuning } from '../src/kernels/im2col.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
@@ -269,7 +269,13 @@ describe('conv2d', () => {
   // F(m x m, 2x2) on the input's four phases (winograd.ts, winogradS2Applies), here from one
   // output pixel on: both tiles, edge tiles cut (H not a multiple of 2 m), batches, channel
   // counts that are not multiples of 4, fused epilogues, f16 and prepared weights, chunks.
-  for (const m of [6, 8] as const) {
+  it('cpu: stride-2 convs take F(8x8, 2x2) from 128x128 output pixels on, F(4x4, 2x2) below', () => {
+    expect(winogradS2TileFor(1, 256, 256)).toBe(8); // the VAE encoder's first two downsamplers
+    expect(winogradS2TileFor(1, 128, 128)).toBe(8);
+    expect(winogradS2TileFor(1, 64, 64)).toBe(4); // its third (512 channels)
+    expect(winogradS2TileFor(4, 64, 64)).toBe(8);
+  });
+  for (const m of [4, 6, 8] as const) {
     it(`cpu: stride-2 convs padded (0, 1, 0, 1) by Winograd F(${m}x${m}, 2x2) on the input's phases`, async () => {
       dev = await getDevice();
       if (dev.kind !== 'cpu') return;
@@ -295,7 +301,7 @@ describe('conv2d', () => {
         winogradTuning.chunkBytes = 4096 * 8;
         expect(await families({ B: 2, Ci: 4, Co: 8, H: 34, W: 32, bias: true })).toEqual(wino);
         winogradTuning.chunkBytes = saved.chunkBytes;
-        // U in chunks of output channels under a 64 KiB binding (4 of 12 with F(8x8), 8 with F(6x6))
+        // U in chunks of output channels under a 64 KiB binding (4 of 12 with F(8x8), 8 with F(6x6) and F(4x4))
         setMaxBindingBytes(65536);
         expect(await families({ B: 1, Ci: 8, Co: 12, H: 16, W: 16, bias: true, residual: true })).toEqual(wino);
         setMaxBindingBytes(undefined);

@@ -36,7 +36,7 @@ export async function runDoctor(args: string[]): Promise<number> {
     winogradF16U: winogradTuning.f16U,
     winograd: process.env.ELBO_WINOGRAD !== '0',
     winogradF8: process.env.ELBO_WINOGRAD_F8 !== '0',
-    winogradS2: winogradTuning.s2 ? `F(${winogradTuning.s2Tile}x${winogradTuning.s2Tile}, 2x2)` : 'off',
+    winogradS2: !winogradTuning.s2 ? 'off' : winogradTuning.s2Tile ? `F(${winogradTuning.s2Tile}x${winogradTuning.s2Tile}, 2x2)` : 'F(8x8, 2x2) / F(4x4, 2x2)',
   };
   const report = {
     adapter: dev.adapter,

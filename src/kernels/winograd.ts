@@ -56,10 +56,10 @@ export const winogradTuning = {
   mTexture: process.env.ELBO_WINOGRAD_MTEX !== '0',
   /** Stride-2 convs by Winograd on the input's phases (ELBO_WINOGRAD_S2=0: im2col), see winogradS2Applies. */
   s2: process.env.ELBO_WINOGRAD_S2 !== '0',
-  /** Its output tile: F(8x8, 2x2) or F(6x6, 2x2) (ELBO_WINOGRAD_S2_TILE=6), see S2_ALGOS. */
-  s2Tile: (process.env.ELBO_WINOGRAD_S2_TILE === '6' ? 6 : 8) as 6 | 8,
+  /** Its output tile forced (ELBO_WINOGRAD_S2_TILE=4|6|8); undefined: by size, see winogradS2TileFor. */
+  s2Tile: (['4', '6', '8'].includes(process.env.ELBO_WINOGRAD_S2_TILE ?? '') ? Number(process.env.ELBO_WINOGRAD_S2_TILE) : undefined) as 4 | 6 | 8 | undefined,
   /** Output pixels per call (batch x height x width) from which stride-2 convs take it. */
-  s2MinPixels: 128 * 128,
+  s2MinPixels: 64 * 64,
 };
 
 /**
@@ -259,18 +259,26 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
  * Downsample2D in the VAE encoder: `F.pad(x, (0, 1, 0, 1))`, then the conv) as Winograd on
  * the input's four phases: x[ci, 2i + p, 2j + q] is channel (ci, p, q) of a half-size image,
  * and the conv is a stride-1 2x2 conv over those 4 Ci channels with the 3x3 kernel split by
- * phase (taps that would be 3 are zero), computed by F(S2_M x S2_M, 2x2). Its batched
- * matmul has K = 4 Ci and (m + 1)^2 / m^2 products per output, 4 (m + 1)^2 / m^2 per input
- * channel against the 9 of im2col + matmul: 5.1 at m = 8, 5.4 at m = 6.
+ * phase (taps that would be 3 are zero), computed by F(m x m, 2x2) (winogradS2TileFor). Its
+ * batched matmul has K = 4 Ci and (m + 1)^2 / m^2 products per output, 4 (m + 1)^2 / m^2 per
+ * input channel against the 9 of im2col + matmul: 5.1 at m = 8, 5.4 at m = 6, 6.25 at m = 4.
  */
 // Alternated per conv with im2col + matmul (2-core Zen 5, f32, wall ms, F(6x6, 2x2) / F(8x8,
 // 2x2)): 128->128 at 512x512 382 -> 302 / 307, 256->256 at 256x256 324 -> 282 / 234 (8x8 tiles
 // fit 128 x 128 outputs exactly), 512->512 at 128x128 312 -> 310 / 313 (64 x 64 outputs: a
-// matmul of few rows and K = 2048 runs slower, and U is 36x the weight): hence from 128 x 128
-// output pixels (s2MinPixels). VAE encoder, three alternated pairs of bench -- vae --runs 2:
-// 6.56/6.75/6.54 -> 6.43/6.29/6.47 s. Rounding (f32 simulation, 512 channels, of max |y|):
-// F(6x6, 2x2) rms 2.6e-6, worst 1.4e-5; F(8x8, 2x2) rms 3.2e-5, worst 2.5e-4, as F(8x8, 3x3).
-const S2_ALGOS = { 6: toomCook([0, 1, -1, 0.5, -0.5, 2], 2), 8: toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75], 2) };
+// matmul of 64 rows and K = 2048 runs slower, and U is 36x the weight). F(4x4, 2x2) there
+// (256 rows, U 25/81 as large): 300 -> 238 ms, and at 256x256 310 -> 281 against F(8x8)'s
+// 239. VAE encoder, three alternated pairs of bench -- vae --runs 2, F(8x8, 2x2) from 128 x 128
+// outputs: 6.56/6.75/6.54 -> 6.43/6.29/6.47 s; with F(4x4, 2x2) from 64 x 64 (--runs 3):
+// 6.45/6.29/6.26 -> 6.22/6.20/6.27 s. Rounding (f32 simulation, 512 channels, of
+// max |y|): F(4x4, 2x2) rms 1.6e-6, worst 5e-6; F(6x6, 2x2) rms 2.6e-6, worst 1.4e-5;
+// F(8x8, 2x2) rms 3.2e-5, worst 2.5e-4, as F(8x8, 3x3).
+const S2_ALGOS = { 4: toomCook([0, 1, -1, 0.5], 2), 6: toomCook([0, 1, -1, 0.5, -0.5, 2], 2), 8: toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75], 2) };
+
+/** The stride-2 path's output tile for B Ho x Wo outputs: F(8x8, 2x2) from 128 x 128 pixels, F(4x4, 2x2) below. */
+export function winogradS2TileFor(B: number, Ho: number, Wo: number): 4 | 6 | 8 {
+  return winogradTuning.s2Tile ?? (B * Ho * Wo >= 128 * 128 ? 8 : 4);
+}
 
 /**
  * Whether conv2d's 'cpu' variant takes the stride-2 Winograd path: 3x3, stride 2, pads
@@ -285,7 +293,7 @@ export function winogradS2Applies(dev: Device, a: { B: number; Ci: number; Co: n
   if ((a.B * a.H * a.W) / 4 < winogradTuning.s2MinPixels) return false;
   const lim = maxBindingBytes(dev);
   if (Math.max(a.B * a.Ci * a.H * a.W, (a.B * a.Co * a.H * a.W) / 4) * 4 > lim) return false;
-  const aa = S2_ALGOS[winogradTuning.s2Tile].a ** 2;
+  const aa = S2_ALGOS[winogradS2TileFor(a.B, a.H / 2, a.W / 2)].a ** 2;
   const coc = coPerChunk(lim, aa, 4 * a.Ci, a.Co);
   return coc >= 4 && tilesPerChunk(lim, aa, 4 * a.Ci, coc) >= 1;
 }
@@ -303,7 +311,7 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W, s2 } = g;
   const f16 = w.dtype === 'f16';
-  const al = s2 ? S2_ALGOS[winogradTuning.s2Tile] : winogradAlgo(dev, B, H, W, Ci, Co);
+  const al = s2 ? S2_ALGOS[winogradS2TileFor(B, H / 2, W / 2)] : winogradAlgo(dev, B, H, W, Ci, Co);
   // the batched matmul's K: input channels, or with s2 their four phases
   const K = s2 ? 4 * Ci : Ci;
   const [Ho, Wo] = s2 ? [H / 2, W / 2] : [H, W];
