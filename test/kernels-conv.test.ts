@@ -275,7 +275,7 @@ describe('conv2d', () => {
     expect(winogradS2TileFor(1, 64, 64)).toBe(4); // its third (512 channels)
     expect(winogradS2TileFor(4, 64, 64)).toBe(8);
   });
-  for (const m of [4, 6, 8] as const) {
+  for (const m of [4, 8] as const) {
     it(`cpu: stride-2 convs padded (0, 1, 0, 1) by Winograd F(${m}x${m}, 2x2) on the input's phases`, async () => {
       dev = await getDevice();
       if (dev.kind !== 'cpu') return;
@@ -293,17 +293,22 @@ describe('conv2d', () => {
         expect(await families({ B: 1, Ci: 3, Co: 4, H: 2, W: 8 })).toEqual(wino);
         expect(await families({ B: 3, Ci: 5, Co: 8, H: 30, W: 24, bias: true })).toEqual(wino);
         expect(await families({ B: 1, Ci: 128, Co: 8, H: 20, W: 32, residual: true })).toEqual(wino); // 4 x 128-channel sums
-        if (dev.hasF16) expect(await families({ B: 2, Ci: 8, Co: 16, H: 14, W: 16, bias: true, f16: true, act: 'silu' })).toEqual(wino);
-        // M through a buffer instead of a texture; V in chunks of tiles (32 KiB: 6 or 10 tiles of 16 channels)
-        winogradTuning.mTexture = false;
-        await families({ B: 2, Ci: 8, Co: 12, H: 18, W: 16, bias: true, residual: true, act: 'silu' });
-        winogradTuning.mTexture = true;
+        // f16 weights, and M through a buffer instead of a texture: shader branches that do
+        // not depend on m, run at F(4x4, 2x2) only (cold, each F(8x8, 2x2) variant costs
+        // lavapipe ~10 s of compile)
+        if (m === 4) {
+          if (dev.hasF16) expect(await families({ B: 2, Ci: 8, Co: 16, H: 14, W: 16, bias: true, f16: true, act: 'silu' })).toEqual(wino);
+          winogradTuning.mTexture = false;
+          await families({ B: 2, Ci: 8, Co: 12, H: 18, W: 16, bias: true, residual: true, act: 'silu' });
+          winogradTuning.mTexture = true;
+        }
+        // V in chunks of tiles (32 KiB: 6 or 20 tiles of 16 channels)
         winogradTuning.chunkBytes = 4096 * 8;
         expect(await families({ B: 2, Ci: 4, Co: 8, H: 34, W: 32, bias: true })).toEqual(wino);
         winogradTuning.chunkBytes = saved.chunkBytes;
-        // U in chunks of output channels under a 64 KiB binding (4 of 12 with F(8x8), 8 with F(6x6) and F(4x4))
+        // U in chunks of output channels under a 64 KiB binding (4 of 24 with F(8x8), 20 with F(4x4))
         setMaxBindingBytes(65536);
-        expect(await families({ B: 1, Ci: 8, Co: 12, H: 16, W: 16, bias: true, residual: true })).toEqual(wino);
+        expect(await families({ B: 1, Ci: 8, Co: 24, H: 16, W: 16, bias: true, residual: true })).toEqual(wino);
         setMaxBindingBytes(undefined);
         // not taken (im2col + matmul): odd H, W not a multiple of 8, symmetric padding, stride 3
         const im2col = ['im2col', 'im2col matmul'];

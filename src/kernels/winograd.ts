@@ -56,8 +56,8 @@ export const winogradTuning = {
   mTexture: process.env.ELBO_WINOGRAD_MTEX !== '0',
   /** Stride-2 convs by Winograd on the input's phases (ELBO_WINOGRAD_S2=0: im2col), see winogradS2Applies. */
   s2: process.env.ELBO_WINOGRAD_S2 !== '0',
-  /** Its output tile forced (ELBO_WINOGRAD_S2_TILE=4|6|8); undefined: by size, see winogradS2TileFor. */
-  s2Tile: (['4', '6', '8'].includes(process.env.ELBO_WINOGRAD_S2_TILE ?? '') ? Number(process.env.ELBO_WINOGRAD_S2_TILE) : undefined) as 4 | 6 | 8 | undefined,
+  /** Its output tile forced (ELBO_WINOGRAD_S2_TILE=4|8); undefined: by size, see winogradS2TileFor. */
+  s2Tile: (['4', '8'].includes(process.env.ELBO_WINOGRAD_S2_TILE ?? '') ? Number(process.env.ELBO_WINOGRAD_S2_TILE) : undefined) as 4 | 8 | undefined,
   /** Output pixels per call (batch x height x width) from which stride-2 convs take it. */
   s2MinPixels: 64 * 64,
 };
@@ -261,7 +261,7 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
  * and the conv is a stride-1 2x2 conv over those 4 Ci channels with the 3x3 kernel split by
  * phase (taps that would be 3 are zero), computed by F(m x m, 2x2) (winogradS2TileFor). Its
  * batched matmul has K = 4 Ci and (m + 1)^2 / m^2 products per output, 4 (m + 1)^2 / m^2 per
- * input channel against the 9 of im2col + matmul: 5.1 at m = 8, 5.4 at m = 6, 6.25 at m = 4.
+ * input channel against the 9 of im2col + matmul: 5.1 at m = 8, 6.25 at m = 4.
  */
 // Alternated per conv with im2col + matmul (2-core Zen 5, f32, wall ms, F(6x6, 2x2) / F(8x8,
 // 2x2)): 128->128 at 512x512 382 -> 302 / 307, 256->256 at 256x256 324 -> 282 / 234 (8x8 tiles
@@ -273,10 +273,11 @@ export function winogradApplies(dev: Device, a: { B: number; Ci: number; Co: num
 // 6.45/6.29/6.26 -> 6.22/6.20/6.27 s. Rounding (f32 simulation, 512 channels, of
 // max |y|): F(4x4, 2x2) rms 1.6e-6, worst 5e-6; F(6x6, 2x2) rms 2.6e-6, worst 1.4e-5;
 // F(8x8, 2x2) rms 3.2e-5, worst 2.5e-4, as F(8x8, 3x3).
-const S2_ALGOS = { 4: toomCook([0, 1, -1, 0.5], 2), 6: toomCook([0, 1, -1, 0.5, -0.5, 2], 2), 8: toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75], 2) };
+// F(6x6, 2x2) (points 0, +-1, +-1/2, 2) was measured above and dropped: never the faster one.
+const S2_ALGOS = { 4: toomCook([0, 1, -1, 0.5], 2), 8: toomCook([0, 1, -1, 0.5, -0.5, 2, -2, 0.75], 2) };
 
 /** The stride-2 path's output tile for B Ho x Wo outputs: F(8x8, 2x2) from 128 x 128 pixels, F(4x4, 2x2) below. */
-export function winogradS2TileFor(B: number, Ho: number, Wo: number): 4 | 6 | 8 {
+export function winogradS2TileFor(B: number, Ho: number, Wo: number): 4 | 8 {
   return winogradTuning.s2Tile ?? (B * Ho * Wo >= 128 * 128 ? 8 : 4);
 }
 
