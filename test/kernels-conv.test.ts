@@ -195,6 +195,8 @@ describe('conv2d', () => {
       await wino({ B: 2, Ci: 8, Co: 8, H: 19, W: 20, k: 3, bias: true, residual: true, act: 'silu' });
       await wino({ B: 1, Ci: 128, Co: 8, H: 12, W: 16, k: 3, residual: true }); // 128-channel sums, W % 4 == 0
       if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 9, k: 3, bias: true, f16: true, act: 'silu' });
+      // f16 weights on rows of a multiple of 4 (F(8x8) itself, not the F(6x6) it gives way to at W = 9)
+      if (dev.hasF16) await wino({ B: 2, Ci: 8, Co: 16, H: 7, W: 12, k: 3, bias: true, f16: true, act: 'silu' });
       // The weight transform one input channel per invocation (the path of other weight
       // layouts and of F(4x4)) instead of four (F(2x2) on stored weights).
       winogradTuning.weightV4 = false;
