@@ -202,6 +202,7 @@ describe('conv2d', () => {
       winogradTuning.weightV4 = false;
       try {
         await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' });
+        await wino({ B: 1, Ci: 8, Co: 8, H: 10, W: 16, k: 3, bias: true }); // W % 4 == 0: F(8x8)'s own
         if (dev.hasF16) await wino({ B: 1, Ci: 12, Co: 8, H: 7, W: 9, k: 3, f16: true });
       } finally {
         winogradTuning.weightV4 = true;
