@@ -10,7 +10,7 @@
 // into the output (the epilogue's ACCUM flag), the activation and residual come with the
 // last one.
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
-import { conv3x3Winograd, winogradApplies, winogradS2Applies } from './winograd.js';
+import { conv3x3Winograd, winogradApplies, winogradS2Applies, type WinogradArgs } from './winograd.js';
 import { convIm2col, im2colApplies } from './im2col.js';
 import {
   ACT_CODE, FLAG, buildShader, dispatchGpu2, dummy, gemmUniforms, gpuGemmTuning, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
@@ -242,22 +242,20 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
-  if (variant === 'cpu' && winogradS2Applies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
+  const convShape = { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act };
+  const winograd = (how: Pick<WinogradArgs, 's2' | 'variant'>): Tensor => {
+    // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
     const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
-    conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, s2: true });
+    conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, ...how });
     return out;
-  }
+  };
+  if (variant === 'cpu' && winogradS2Applies(dev, convShape)) return winograd({ s2: true });
   if (variant === 'cpu' && im2colApplies(dev, { Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }
   const winogradVariant = variant === 'cpu' || (variant === 'gpu' && gpuGemmTuning.winograd !== 'off');
-  if (winogradVariant && winogradApplies(dev, { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act })) {
-    // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
-    const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
-    conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, variant: variant === 'gpu' ? 'gpu' : 'cpu' });
-    return out;
-  }
+  if (winogradVariant && winogradApplies(dev, convShape)) return winograd({ variant: variant === 'gpu' ? 'gpu' : 'cpu' });
   const direct = variant === 'cpu';
   // Prepared weights feed the direct conv as they are; the other variants read a temporary
   // converted back to (co, ci, ky, kx), released once its dispatches are recorded.

@@ -316,6 +316,7 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   // the batched matmul's K: input channels, or with s2 their four phases
   const K = s2 ? 4 * Ci : Ci;
   const [Ho, Wo] = s2 ? [H / 2, W / 2] : [H, W];
+  const plan: TilePlan = { al, K, Ho, Wo };
   // f16 U for F(2x2) only: F(4x4)'s output transform (entries up to 8) magnifies U's
   // rounding (320->320 at 64x64: 3.6e-3 at max |y| 1.7, vs 1.2e-3 at 3.3 for F(2x2)
   // 1280->1280 at 16x16) for a gain within noise (640->640 at 32x32: 129 -> 135 ms).
@@ -360,20 +361,20 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
           bindings: [w.binding(), u.binding()], workgroups: [nx, ny],
         });
       }
-      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, al, u, co0, nco, t0, Math.min(per, tiles - t0), Ho, Wo);
+      for (let t0 = 0; t0 < tiles; t0 += per) winogradTiles(dev, g, plan, u, co0, nco, t0, Math.min(per, tiles - t0));
     } finally {
       u.release();
     }
   }
 }
 
-/**
- * Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels
- * [co0, co0 + nco), of an Ho x Wo output.
- */
-function winogradTiles(dev: Device, g: WinogradArgs, al: Algo, u: Tensor, co0: number, nco: number, t0: number, nt: number, Ho: number, Wo: number): void {
+/** A conv's algorithm, its batched matmul's K and its Ho x Wo output (conv3x3Winograd). */
+interface TilePlan { al: Algo; K: number; Ho: number; Wo: number }
+
+/** Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels [co0, co0 + nco). */
+function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
   const { x, out, B, Ci, Co, H, W, s2 } = g;
-  const K = s2 ? 4 * Ci : Ci;
+  const { al, K, Ho, Wo } = plan;
   const tx = Math.ceil(Wo / al.m);
   // 4x4 and 8x8 tiles on rows of a multiple of 4: each tile row is one or two aligned vec4 of
   // x and of out; 6x6 tiles on rows of even length: three aligned vec2 (with s2, of out only)
