@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Tensor, bindCache, dawnFlags, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
+import { Tensor, bindCache, dawnFlags, lavapipeCacheEnv, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
 import { matmul } from '../src/kernels/matmul.js';
 
@@ -211,6 +211,16 @@ describe('device', () => {
     expect(dawnFlags({ ELBO_LAZY_CLEAR: '1' }, true)).toEqual([robust]);
     expect(dawnFlags({ ELBO_ROBUST: '1', ELBO_LAZY_CLEAR: '1' }, true)).toEqual([]);
     expect(dawnFlags({ ELBO_DAWN_FLAGS: ' a=b  c ', ELBO_LAZY_CLEAR: '1' }, true)).toEqual(['a=b', 'c']);
+  });
+
+  it("a hand-set lavapipe vector width gets a shader cache of its own (Mesa's does not key on it)", () => {
+    expect(lavapipeCacheEnv({}, '/home/u')).toEqual({});
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '' }, '/home/u')).toEqual({});
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/home/u/.cache/mesa_shader_cache_lp512' });
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: ' 256 ', XDG_CACHE_HOME: '/c' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/c/mesa_shader_cache_lp256' });
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '../x' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/home/u/.cache/mesa_shader_cache_lp___x' });
+    // The user's own cache directory wins.
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512', MESA_SHADER_CACHE_DIR: '/mine' }, '/home/u')).toEqual({});
   });
 
   it('zeros clears a new buffer as well as a reused one (Dawn does not zero-fill them)', async () => {

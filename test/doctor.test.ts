@@ -20,6 +20,21 @@ describe('doctor', () => {
     expect(text.out).toMatch(/'cpu' kernels.*F\(8x8\) on large images on \(ELBO_WINOGRAD_F8\), f16 U for f16 weights on \(ELBO_WINOGRAD_F16U\), stride-2 downsamplers by F\(8x8, 2x2\) \/ F\(4x4, 2x2\) \(ELBO_WINOGRAD_S2\)/);
     expect(text.out).toMatch(/'gpu' kernels.*heads wider than 160 by GEMM \(ELBO_GPU_ATTN_WIDE\), head-mean probs by the gpu kernel \(ELBO_GPU_PROBS\)/);
 
+    // No lavapipe line unless the vector width is set by hand; then it names the width and the cache.
+    if (process.env.LP_NATIVE_VECTOR_WIDTH === undefined) expect(text.out).not.toMatch(/^lavapipe:/m);
+    const saved = { w: process.env.LP_NATIVE_VECTOR_WIDTH, c: process.env.MESA_SHADER_CACHE_DIR };
+    process.env.LP_NATIVE_VECTOR_WIDTH = '512';
+    process.env.MESA_SHADER_CACHE_DIR = '/tmp/lp512-cache';
+    try {
+      const lp = await runCli(['doctor']);
+      expect(lp.out).toMatch(/^lavapipe:  LP_NATIVE_VECTOR_WIDTH=512 \(the 'cpu' kernels are written for 256 bits: subgroups of 8\); shader cache \/tmp\/lp512-cache$/m);
+    } finally {
+      for (const [k, v] of [['LP_NATIVE_VECTOR_WIDTH', saved.w], ['MESA_SHADER_CACHE_DIR', saved.c]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+
     winogradTuning.f16U = false;
     winogradTuning.s2 = false;
     try {

@@ -57,6 +57,11 @@ export async function runDoctor(args: string[]): Promise<number> {
   const kindText = dev.kind === 'cpu' ? 'cpu (lavapipe-shaped kernels: workgroup 8, register blocks, no shared memory)' : 'gpu (shared-memory tiled kernels, large workgroups)';
   console.log(`adapter:   ${a.description || a.device || '(no description)'} [vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}]${a.isFallback ? ' (CPU / fallback adapter)' : ''}`);
   console.log(`dawn:      ${dawnFlags(process.env, dev.hostMemory).join(' ') || '(default toggles)'}${process.env.ELBO_ROBUST === '1' ? ' (ELBO_ROBUST=1: bounds clamps kept)' : ''}${dev.hostMemory && process.env.ELBO_LAZY_CLEAR === '1' ? ' (ELBO_LAZY_CLEAR=1: Dawn zero-fills new buffers)' : ''}`);
+  // Set by hand (lavapipe's vector width): the workgroups of 8 then fill part of each vector.
+  const lpWidth = process.env.LP_NATIVE_VECTOR_WIDTH;
+  if (lpWidth !== undefined) {
+    console.log(`lavapipe:  LP_NATIVE_VECTOR_WIDTH=${lpWidth} (the 'cpu' kernels are written for 256 bits: subgroups of 8); shader cache ${process.env.MESA_SHADER_CACHE_DIR ?? "Mesa's default"}`);
+  }
   console.log(`kernels:   ${kindText}${process.env.ELBO_KERNELS ? ` (forced by ELBO_KERNELS=${process.env.ELBO_KERNELS})` : ''}`);
   console.log(`features:  shader-f16 ${dev.features.f16 ? 'yes' : 'no'}, subgroups ${dev.features.subgroups ? 'yes' : 'no'}, timestamp-query ${dev.features.timestamp ? 'yes' : 'no'}`);
   console.log(`pool:      free buffers kept for reuse up to ${(dev.poolCap / 2 ** 20).toFixed(0)} MiB${process.env.ELBO_POOL_MB ? ' (ELBO_POOL_MB)' : dev.hostMemory ? ' (a CPU adapter: buffers are host memory; ELBO_POOL_MB sets it)' : ' (ELBO_POOL_MB sets it)'}`);

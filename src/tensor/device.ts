@@ -2,6 +2,7 @@
 // pool and command batching. Knows no kernel: kernels hand it a pipeline, bindings,
 // uniforms and a workgroup count.
 import os from 'node:os';
+import path from 'node:path';
 import { create, globals } from 'webgpu';
 
 export type DType = 'f32' | 'f16';
@@ -74,6 +75,22 @@ export function dawnFlags(env: NodeJS.ProcessEnv = process.env, hostMemory = fal
   if (env.ELBO_ROBUST !== '1') flags.push('enable-dawn-features=disable_robustness');
   if (hostMemory && env.ELBO_LAZY_CLEAR !== '1') flags.push('disable-dawn-features=lazy_clear_resource_on_first_use');
   return flags;
+}
+
+/**
+ * MESA_SHADER_CACHE_DIR for a run where LP_NATIVE_VECTOR_WIDTH is set (lavapipe's vector
+ * width, read once when the driver loads: 256 bits by default on x86-64 with AVX2 or
+ * AVX-512, i.e. subgroups of 8; 512 gives 16): a cache of that width's own beside Mesa's
+ * default one (`~/.cache/mesa_shader_cache_lp<width>`, or under XDG_CACHE_HOME). Mesa's
+ * on-disk shader cache does not key its entries on the width, and code compiled at one
+ * width and loaded at the other computed wrong results here (Mesa 25.0.7: texels fetched
+ * from the wrong components, every matmul test failing; docs/KERNELS.md). Nothing when the
+ * width is not set or the user names a cache directory. GPU drivers ignore both variables.
+ */
+export function lavapipeCacheEnv(env: NodeJS.ProcessEnv, home = os.homedir()): Record<string, string> {
+  const width = env.LP_NATIVE_VECTOR_WIDTH?.trim();
+  if (!width || env.MESA_SHADER_CACHE_DIR !== undefined) return {};
+  return { MESA_SHADER_CACHE_DIR: path.join(env.XDG_CACHE_HOME || path.join(home, '.cache'), `mesa_shader_cache_lp${width.replace(/[^0-9A-Za-z]/g, '_')}`) };
 }
 
 /** A CPU adapter (lavapipe, SwiftShader): buffers are host memory. */
@@ -309,6 +326,8 @@ export class Device {
       if (!a) throw new GpuError(DRIVER_HELP);
       return a;
     };
+    // Before the first instance: Mesa reads it when the Vulkan loader loads lavapipe.
+    if (!gpuRoot) Object.assign(process.env, lavapipeCacheEnv(process.env));
     const baseFlags = dawnFlags();
     gpuRoot ??= create(baseFlags);
     let adapter = await request(gpuRoot);
