@@ -246,7 +246,11 @@ describe('conv2d', () => {
     // encoder's 64x64 level; not the UNet's 320-channel one)
     expect(winogradTileFor(512, 512, 1, true)).toBe(8);
     expect(winogradTileFor(128, 128, 1, true)).toBe(8);
-    expect(winogradTileFor(64, 64, 4, true)).toBe(8);
+    // per image: a batch of 4 at 64x64 (the UNet's 64x64 level) keeps F(6x6)
+    expect(winogradTileFor(64, 64, 4, true)).toBe(6);
+    expect(winogradTileFor(64, 64, 4, true, 320, 320)).toBe(6);
+    expect(winogradTileFor(64, 64, 4, true, 512, 512)).toBe(8);
+    expect(winogradTileFor(128, 128, 2, true, 320, 320)).toBe(8);
     expect(winogradTileFor(64, 64, 2, true)).toBe(4);
     expect(winogradTileFor(64, 64, 1, true)).toBe(4);
     expect(winogradTileFor(64, 64, 1, true, 320, 320)).toBe(4);
@@ -258,7 +262,7 @@ describe('conv2d', () => {
     // upsampler conv at 64x64 (164 MB) keeps F(4x4) at batch 2, F(6x6) at batch 4
     expect(winogradTileFor(64, 64, 2, true, 640, 640)).toBe(4);
     expect(winogradTileFor(64, 64, 4, true, 640, 640)).toBe(6);
-    expect(winogradTileFor(64, 64, 4, true, 320, 640)).toBe(8);
+    expect(winogradTileFor(64, 64, 4, true, 320, 640)).toBe(6);
     expect(winogradTileFor(510, 510, 1, true)).toBe(6); // F(8x8) wants rows of a multiple of 4
     setWinogradTile(8);
     expect(winogradTileFor(16, 20)).toBe(8);

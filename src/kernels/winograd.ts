@@ -179,7 +179,11 @@ const F6_MIN_PIXELS = 128 * 128;
  * channel bound. The VAE encoder at 512x512: 7.54 -> 6.68-7.00 s. Only where U (100 Ci Co
  * floats) fits F8_MAX_U_BYTES: the UNet's 640->640 upsampler conv at 64x64 took F(8x8) by the
  * channel bound, and its 164 MB U (F(4x4): 59 MB) raised a short f16 segmentation's peak
- * from 2466 to 2503 MB live and 3588 to 3716 MB of RSS, past its budget.
+ * from 2466 to 2503 MB live and 3588 to 3716 MB of RSS, past its budget. F(6x6)'s batched
+ * threshold is not F(8x8)'s: at 128x128 pixels per image (2026-11-27, tenth session) the SD
+ * 1.5 UNet with f16 weights at batch 4, where its 64x64 level had taken F(8x8) by the batch,
+ * ran 30.15-30.21 / 29.81-30.39 s with F(8x8) and 30.04-30.22 / 29.76-30.73 s with F(6x6)
+ * there (alternated processes), for +46 MB live and +50-140 MB of peak RSS.
  * Rounding (f32 simulation, winograd points below): 2.3e-5 (128 channels) and 4.0e-5 (512)
  * of max |y| rms, worst 2.1e-4 and 2.9e-4: 10-15x F(6x6)'s, below what f16 weights round by.
  * ELBO_WINOGRAD_F8=0 keeps the F(4x4) / F(6x6) choice.
@@ -191,9 +195,9 @@ const F8_ENABLED = process.env.ELBO_WINOGRAD_F8 !== '0';
 
 /**
  * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
- * tiles per image (see MIN_TILES_4), on a 'cpu' adapter F(8x8) from F6_MIN_PIXELS on and on
- * large channel counts (see F8_MIN_PIXELS) where W % 4 == 0, F(6x6) from F6_MIN_PIXELS on
- * otherwise; else F(4x4).
+ * tiles per image (see MIN_TILES_4), on a 'cpu' adapter F(8x8) from F6_MIN_PIXELS per image
+ * on and on large channel counts (see F8_MIN_PIXELS) where W % 4 == 0, F(6x6) from
+ * F6_MIN_PIXELS per call (B H W) on otherwise; else F(4x4).
  */
 export function winogradTileFor(H: number, W: number, B = 1, cpu = false, Ci = 0, Co = Ci): TileSize {
   // F(8x8) only on rows of a multiple of 4 (each tile row two vec4): its per-value path for
@@ -201,7 +205,8 @@ export function winogradTileFor(H: number, W: number, B = 1, cpu = false, Ci = 0
   if (forcedTile) return forcedTile === 8 && W % 4 !== 0 ? 6 : forcedTile;
   if (Math.ceil(H / 4) * Math.ceil(W / 4) < MIN_TILES_4) return 2;
   const big = B * H * W >= F6_MIN_PIXELS;
-  const f8 = big || (H * W >= F8_MIN_PIXELS && Math.min(Ci, Co) >= F8_MIN_CHANNELS);
+  // Per image: a batch of small images (the UNet's 64x64 level at batch 4) keeps F(6x6).
+  const f8 = H * W >= F6_MIN_PIXELS || (H * W >= F8_MIN_PIXELS && Math.min(Ci, Co) >= F8_MIN_CHANNELS);
   if (cpu && F8_ENABLED && W % 4 === 0 && f8 && F8.a ** 2 * Ci * Co * 4 <= F8_MAX_U_BYTES) return 8;
   return cpu && big ? 6 : 4;
 }
