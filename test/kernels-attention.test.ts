@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { attention, attentionTuning, outputRowsInWorkgroup, variants, type AttentionVariant } from '../src/kernels/attention.js';
+import { attention, attentionTuning, cpuForwardRows, outputRowsInWorkgroup, variants, type AttentionVariant } from '../src/kernels/attention.js';
 import { expectClose, getDevice, maxAbs, maxAbsDiff, randn } from './helpers/gpu.js';
 
 interface RefOpts {
@@ -314,6 +314,13 @@ describe('attention', () => {
     if (dev.limits.maxComputeWorkgroupStorageSize === 32768) {
       expect(outputRowsInWorkgroup(dev, 128)).toBe(true);
       expect(outputRowsInWorkgroup(dev, 132)).toBe(false);
+      // Heads too wide for 8 rows per lane take 4 (cpuFwd.wideR): SD 1.5's d 160 then fits
+      // workgroup memory, the VAE's d 512 keeps private rows.
+      expect(cpuForwardRows(dev, 40)).toEqual({ R: 8, inWorkgroup: true });
+      expect(cpuForwardRows(dev, 128)).toEqual({ R: 8, inWorkgroup: true });
+      expect(cpuForwardRows(dev, 160)).toEqual({ R: 4, inWorkgroup: true });
+      expect(cpuForwardRows(dev, 256)).toEqual({ R: 4, inWorkgroup: true });
+      expect(cpuForwardRows(dev, 512)).toEqual({ R: 4, inWorkgroup: false });
     }
     attentionTuning.outputRowsInWorkgroup = false;
     try {

@@ -33,6 +33,7 @@ export async function runDoctor(args: string[]): Promise<number> {
     matmulF16K4: cpuGemmTuning.f16K4,
     attentionTextures: attentionTuning.cpuTextures,
     attentionTile: `${attentionTuning.cpuFwd.R}x${attentionTuning.cpuFwd.JB}`,
+    attentionTileWide: `${attentionTuning.cpuFwd.wideR}x${attentionTuning.cpuFwd.JB}`,
     winogradF16U: winogradTuning.f16U,
     winograd: process.env.ELBO_WINOGRAD !== '0',
     winogradF8: process.env.ELBO_WINOGRAD_F8 !== '0',
@@ -81,7 +82,7 @@ export async function runDoctor(args: string[]): Promise<number> {
   console.log(
     `'cpu' kernels${dev.kind === 'cpu' ? '' : ' (when asked for)'}: matmul a from a texture ${on(c.matmulATexture)} (ELBO_MATMUL_ATEX), tile ${c.matmulTile} (f32 b) / ${c.matmulTileF16} (f16 b), ` +
       `f16 b read 4 halves of K per load ${on(c.matmulF16K4)} (ELBO_MATMUL_F16_K4); ` +
-      `attention q/k/v from textures ${on(c.attentionTextures)} (ELBO_ATTN_TEX), tile ${c.attentionTile}; ` +
+      `attention q/k/v from textures ${on(c.attentionTextures)} (ELBO_ATTN_TEX), tile ${c.attentionTile} (${c.attentionTileWide} for heads wider than its rows fit in workgroup memory); ` +
       `3x3 convs by Winograd ${on(c.winograd)} (ELBO_WINOGRAD), F(8x8) on large images ${on(c.winogradF8)} (ELBO_WINOGRAD_F8), ` +
       `f16 U for f16 weights ${on(c.winogradF16U)} (ELBO_WINOGRAD_F16U), stride-2 downsamplers by ${c.winogradS2} (ELBO_WINOGRAD_S2)`,
   );

@@ -35,7 +35,14 @@ export function variants(): string[] {
 /** Register-block sizes of the 'cpu' variant, chosen by the sweep in
  *  bench/kernels-attention.ts (which changes them to measure alternatives). */
 export const attentionTuning = {
-  cpuFwd: { R: 8, JB: 32 },
+  /**
+   * R query rows per lane, JB keys per block; `wideR`: R for heads whose rows at R do not fit
+   * workgroup memory (outputRowsInWorkgroup). Alternated (2-core Zen 5, 2026-11-27), R 8 ->
+   * 4 there: the VAE's d 512 (rows private either way) x1.06-1.12; SD 1.5's d 160 (at R 4 the
+   * rows fit workgroup memory) x1.17-1.31 at 64-512 tokens; heads of d <= 128 keep R 8 (R 4:
+   * x0.81-0.87).
+   */
+  cpuFwd: { R: 8, JB: 32, wideR: 4 },
   cpuProbs: { R: 16, JB: 8 },
   /** Share K / V loads across the 8 lanes by subgroupBroadcast where the adapter has subgroups. */
   subgroups: true,
@@ -409,9 +416,17 @@ function cpuShader(name: 'attention_cpu' | 'attention_probs_cpu', R: number, JB:
  * f32) in workgroup memory for head size d: when they fit the adapter's limit (32 KiB on
  * lavapipe: d <= 128 at R = 8). Larger heads keep the private array.
  */
-export function outputRowsInWorkgroup(dev: Device, d: number): boolean {
+export function outputRowsInWorkgroup(dev: Device, d: number, R = attentionTuning.cpuFwd.R): boolean {
   if (attentionTuning.outputRowsInWorkgroup === false) return false;
-  return 8 * attentionTuning.cpuFwd.R * Math.ceil(d / 4) * 16 <= dev.limits.maxComputeWorkgroupStorageSize;
+  return 8 * R * Math.ceil(d / 4) * 16 <= dev.limits.maxComputeWorkgroupStorageSize;
+}
+
+/** The 'cpu' forward kernel's rows per lane for head size d: cpuFwd.R where its rows fit
+ *  workgroup memory, else cpuFwd.wideR; and whether the rows go to workgroup memory. */
+export function cpuForwardRows(dev: Device, d: number): { R: number; inWorkgroup: boolean } {
+  const { R, wideR } = attentionTuning.cpuFwd;
+  if (outputRowsInWorkgroup(dev, d, R)) return { R, inWorkgroup: true };
+  return { R: wideR, inWorkgroup: outputRowsInWorkgroup(dev, d, wideR) };
 }
 
 /** Whether (B, N, HD) q and (B, Nk, HD) k / v fit (HD / 4, N, B) textures. */
@@ -514,8 +529,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, heads: number, opts: 
       const { JB } = attentionTuning.cpuFwd;
       const vec = d % 4 === 0;
       const sg = attentionTuning.subgroups && subgroupsOf8(dev) && JB % 8 === 0;
-      const R0 = attentionTuning.cpuFwd.R;
-      const oWg = outputRowsInWorkgroup(dev, d);
+      const { R: R0, inWorkgroup: oWg } = cpuForwardRows(dev, d);
       // With the rows in workgroup memory the pipeline is made for d's own vec4 count.
       const dm = oWg ? Math.ceil(d / 4) : dmax4(d);
       // NVIDIA's compiler refuses the 16 KiB of private rows of R = 8 at d = 512 ("failed to
