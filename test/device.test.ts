@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Tensor, bindCache, dawnFlags, lavapipeCacheEnv, maxBatchFrom, poolCapFrom, scope, keep, uniforms } from '../src/tensor/index.js';
 import { getDevice, randn } from './helpers/gpu.js';
@@ -214,13 +215,15 @@ describe('device', () => {
   });
 
   it("a hand-set lavapipe vector width gets a shader cache of its own (Mesa's does not key on it)", () => {
-    expect(lavapipeCacheEnv({}, '/home/u')).toEqual({});
-    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '' }, '/home/u')).toEqual({});
-    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/home/u/.cache/mesa_shader_cache_lp512' });
-    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: ' 256 ', XDG_CACHE_HOME: '/c' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/c/mesa_shader_cache_lp256' });
-    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '../x' }, '/home/u')).toEqual({ MESA_SHADER_CACHE_DIR: '/home/u/.cache/mesa_shader_cache_lp___x' });
+    // A made-up home and cache root: the function only builds the path.
+    const home = 'home-u';
+    expect(lavapipeCacheEnv({}, home)).toEqual({});
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '' }, home)).toEqual({});
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512' }, home)).toEqual({ MESA_SHADER_CACHE_DIR: path.join(home, '.cache', 'mesa_shader_cache_lp512') });
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: ' 256 ', XDG_CACHE_HOME: 'xdg' }, home)).toEqual({ MESA_SHADER_CACHE_DIR: path.join('xdg', 'mesa_shader_cache_lp256') });
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '../x' }, home)).toEqual({ MESA_SHADER_CACHE_DIR: path.join(home, '.cache', 'mesa_shader_cache_lp___x') });
     // The user's own cache directory wins.
-    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512', MESA_SHADER_CACHE_DIR: '/mine' }, '/home/u')).toEqual({});
+    expect(lavapipeCacheEnv({ LP_NATIVE_VECTOR_WIDTH: '512', MESA_SHADER_CACHE_DIR: 'mine' }, home)).toEqual({});
   });
 
   it('zeros clears a new buffer as well as a reused one (Dawn does not zero-fill them)', async () => {

@@ -81,11 +81,11 @@ export function dawnFlags(env: NodeJS.ProcessEnv = process.env, hostMemory = fal
  * MESA_SHADER_CACHE_DIR for a run where LP_NATIVE_VECTOR_WIDTH is set (lavapipe's vector
  * width, read once when the driver loads: 256 bits by default on x86-64 with AVX2 or
  * AVX-512, i.e. subgroups of 8; 512 gives 16): a cache of that width's own beside Mesa's
- * default one (`~/.cache/mesa_shader_cache_lp<width>`, or under XDG_CACHE_HOME). Mesa's
- * on-disk shader cache does not key its entries on the width, and code compiled at one
- * width and loaded at the other computed wrong results here (Mesa 25.0.7: texels fetched
- * from the wrong components, every matmul test failing; docs/KERNELS.md). Nothing when the
- * width is not set or the user names a cache directory. GPU drivers ignore both variables.
+ * default one (`~/.cache/mesa_shader_cache_lp<width>`, or under XDG_CACHE_HOME). While runs
+ * at 256 and 512 bits shared Mesa's on-disk cache here (Mesa 25.0.7), 16-lane kernels read
+ * wrong texels (every matmul test failed) until the cache was disabled or deleted; not
+ * reproduced from a clean cache (docs/KERNELS.md). Nothing when the width is not set or the
+ * user names a cache directory. GPU drivers ignore both variables.
  */
 export function lavapipeCacheEnv(env: NodeJS.ProcessEnv, home = os.homedir()): Record<string, string> {
   const width = env.LP_NATIVE_VECTOR_WIDTH?.trim();
