@@ -112,7 +112,7 @@ export function planChunks(label: string, dev: Device, domain: readonly number[]
         st.forEach((s, i) => (first += s * o.strides[i]!));
         const startByte = first * eb;
         const off = Math.floor(startByte / ALIGN) * ALIGN;
-        const end = Math.min(Math.ceil(((first + span(o, dims)) * eb) / 4) * 4, o.tensor.buffer.size);
+        const end = Math.min(Math.ceil(((first + span(o, dims)) * eb) / 4) * 4, o.tensor.bufferSize);
         bases.push((startByte - off) / eb);
         windows.push(o.tensor.window(off, Math.max(4, end - off)));
       }

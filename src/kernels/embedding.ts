@@ -41,7 +41,7 @@ export function embedding(table: Tensor, ids: ArrayLike<number>): Tensor {
   const win = (t: Tensor, start: number, end: number, ebytes: number): [Binding, number] => {
     if (t.byteSize <= limit) return [t.binding(), start / ebytes];
     const off = Math.floor(start / 256) * 256;
-    return [t.window(off, Math.min(Math.ceil(end / 4) * 4, t.buffer.size) - off), (start - off) / ebytes];
+    return [t.window(off, Math.min(Math.ceil(end / 4) * 4, t.bufferSize) - off), (start - off) / ebytes];
   };
   for (let i0 = 0; i0 < n; i0 += idsPer) {
     const i1 = Math.min(n, i0 + idsPer);

@@ -247,7 +247,7 @@ export function windowFor(dev: Device, t: Tensor, lo: number, hi: number): { bin
   const align = bindingAlign(dev);
   const start = Math.floor((lo * es) / align) * align;
   const end = Math.ceil(((hi + 1) * es) / 16) * 16;
-  const size = Math.min(end, t.buffer.size) - start;
+  const size = Math.min(end, t.bufferSize) - start;
   return { binding: { buffer: t.buffer, offset: start, size }, off: lo - start / es, bytes: size };
 }
 
@@ -362,16 +362,28 @@ export function gpu2Splits(M: number, N: number, Kt: number, batch: number): [nu
  * plain dispatch, `bindings` [a, b, bias, res, out], `Kt` the reduction length (conv:
  * channels x taps). Splits K when the output has few tiles (gpu2Splits).
  */
+/** The defines of matmul_gpu2.wgsl, in the order of its pipeline keys. */
+const GPU2_DEFINES = ['A_F16', 'BIAS_F16', 'B_F16', 'CONV', 'GLU'] as const;
+type Gpu2Defines = Partial<Record<(typeof GPU2_DEFINES)[number], boolean>>;
+const gpu2Keys: string[] = [];
+
+/** matmul_gpu2's pipeline key for a set of defines: from a bit mask, no strings built per dispatch. */
+function gpu2Key(defines: Gpu2Defines): string {
+  let mask = 0;
+  for (let i = 0; i < GPU2_DEFINES.length; i++) if (defines[GPU2_DEFINES[i]!]) mask |= 1 << i;
+  return (gpu2Keys[mask] ??= `matmul_gpu2:${GPU2_DEFINES.filter((_, i) => mask & (1 << i)).join(',')}`);
+}
+
 export function dispatchGpu2(
   dev: Device,
-  g: { label: string; family: string; defines: Record<string, boolean>; q: GemmParams; bindings: Binding[]; Kt: number },
+  g: { label: string; family: string; defines: Gpu2Defines; q: GemmParams; bindings: Binding[]; Kt: number },
 ): void {
   const { q, defines } = g;
-  const on = Object.keys(defines).filter((k) => defines[k]).sort().join(',');
-  const vec = { A_VEC: defines.A_F16 ? 'u32' : 'f32', B_VEC: defines.B_F16 ? 'u32' : 'f32' };
   // lavapipe runs this kernel only in tests: there the loops stay rolled (written out, one
   // pipeline took 15-24 s to compile there, cold).
-  const pipeline = dev.pipeline(`matmul_gpu2:${on}`, () => buildShader('matmul_gpu2', defines, vec, { unroll: !dev.adapter.isFallback }));
+  const pipeline = dev.pipeline(gpu2Key(defines), () =>
+    buildShader('matmul_gpu2', defines, { A_VEC: defines.A_F16 ? 'u32' : 'f32', B_VEC: defines.B_F16 ? 'u32' : 'f32' }, { unroll: !dev.adapter.isFallback }),
+  );
   const tilesN = Math.ceil(q.N / GPU2_TILE);
   const tilesM = Math.ceil(q.M / GPU2_TILE);
   let [ks, kc] = gpu2Splits(q.M, q.N, g.Kt, q.batch);
@@ -507,8 +519,22 @@ export function runGemm(dev: Device, g: Gemm): void {
   if (glu && N % 2 !== 0) throw new GpuError(`${g.label}: glu needs an even N ((value, gate) column pairs), got N = ${N}`);
   if (glu && g.accum) throw new GpuError(`${g.label}: glu cannot accumulate into out`);
   const limit = maxBindingBytes(dev);
-  const fits = (t: Tensor, lo: number, hi: number): boolean => windowFor(dev, t, lo, hi).bytes <= limit;
   const res = g.res ? { t: g.res.t, off: g.res.off, rs: g.out.rs, cs: g.out.cs, bs: g.out.bs } : undefined;
+  // The common case first, without the planner's closures (each costs ~0.3 us to make under
+  // tsx, whose keepNames names every one): every operand within one binding, one dispatch.
+  {
+    const outN = glu ? N / 2 : N;
+    const wa = windowFor(dev, g.a.t, ...span(g.a, 0, batch, 0, M, 0, K));
+    const wb = windowFor(dev, g.b.t, ...span(g.b, 0, batch, 0, K, 0, N));
+    const wo = windowFor(dev, g.out.t, ...span(g.out, 0, batch, 0, M, 0, outN));
+    const wr = res ? windowFor(dev, res.t, ...span(res, 0, batch, 0, M, 0, outN)) : undefined;
+    if (wa.bytes <= limit && wb.bytes <= limit && wo.bytes <= limit && (!wr || wr.bytes <= limit)) {
+      const bias = Boolean(g.bias);
+      dispatchGemm(dev, g, { M, N, K, batch, a: wa, b: wb, out: wo, res: wr, biasOff: g.bias ? g.bias.off : 0, accum: Boolean(g.accum), bias, final: true });
+      return;
+    }
+  }
+  const fits = (t: Tensor, lo: number, hi: number): boolean => windowFor(dev, t, lo, hi).bytes <= limit;
   // Output columns of b's columns [n0, n1): one per pair with GLU.
   const oc = ([n0, n1]: [number, number]): [number, number] => (glu ? [n0 / 2, n1 / 2] : [n0, n1]);
   const nAlign = glu ? 2 : 1;
@@ -629,17 +655,20 @@ export interface GemmParams {
 }
 
 export function gemmUniforms(q: GemmParams): ArrayBuffer {
-  return uniforms([
-    ['u', q.M], ['u', q.N], ['u', q.K], ['u', q.nx ?? 0],
-    ['u', q.aOff], ['u', q.aRs], ['u', q.aCs], ['u', q.aBs],
-    ['u', q.bOff], ['u', q.bRs], ['u', q.bCs], ['u', q.bBs],
-    ['u', q.oOff], ['u', q.oRs], ['u', q.oCs], ['u', q.oBs],
-    ['u', q.rOff], ['u', q.biasOff], ['u', q.flags], ['u', q.act],
-    ['f', q.alpha], ['u', q.batch], ['u', q.e0 ?? 0], ['u', q.padT ?? 0],
-    ['u', q.H ?? 0], ['u', q.W ?? 0], ['u', q.Ho ?? 0], ['u', q.Wo ?? 0],
-    ['u', q.kh ?? 0], ['u', q.kw ?? 0], ['u', q.stride ?? 0], ['u', q.pad ?? 0],
-    ['u', q.ks ?? 0], ['u', q.kc ?? 0], ['u', q.sStride ?? 0], ['u', 0],
-  ]);
+  // Written straight into a typed array: every matmul dispatch packs these, and a list of
+  // (type, value) pairs for uniforms() was a visible share of recording a forward.
+  const u = new Uint32Array(36);
+  u[0] = q.M; u[1] = q.N; u[2] = q.K; u[3] = q.nx ?? 0;
+  u[4] = q.aOff; u[5] = q.aRs; u[6] = q.aCs; u[7] = q.aBs;
+  u[8] = q.bOff; u[9] = q.bRs; u[10] = q.bCs; u[11] = q.bBs;
+  u[12] = q.oOff; u[13] = q.oRs; u[14] = q.oCs; u[15] = q.oBs;
+  u[16] = q.rOff; u[17] = q.biasOff; u[18] = q.flags; u[19] = q.act;
+  new Float32Array(u.buffer, 80, 1)[0] = q.alpha;
+  u[21] = q.batch; u[22] = q.e0 ?? 0; u[23] = q.padT ?? 0;
+  u[24] = q.H ?? 0; u[25] = q.W ?? 0; u[26] = q.Ho ?? 0; u[27] = q.Wo ?? 0;
+  u[28] = q.kh ?? 0; u[29] = q.kw ?? 0; u[30] = q.stride ?? 0; u[31] = q.pad ?? 0;
+  u[32] = q.ks ?? 0; u[33] = q.kc ?? 0; u[34] = q.sStride ?? 0;
+  return u.buffer;
 }
 
 /** Epilogue flags (shaders/matmul_common.wgsl). */

@@ -38,13 +38,17 @@ export function grid1d(groups: number, maxPerDim = 65535): [number, number] {
 
 /** Packs uniform fields: integers as u32/i32 ('u'/'i') or f32 ('f'), 4 bytes each, in order. */
 export function uniforms(fields: ReadonlyArray<readonly ['u' | 'i' | 'f', number]>): ArrayBuffer {
+  // Typed arrays in the host's byte order (little-endian on every platform Dawn ships for);
+  // a plain loop: this runs for every dispatch (a DataView and forEach took ~0.8 us per call).
   const n = Math.max(4, Math.ceil(fields.length / 4) * 4);
-  const buf = new ArrayBuffer(n * 4);
-  const dv = new DataView(buf);
-  fields.forEach(([t, v], i) => {
-    if (t === 'f') dv.setFloat32(i * 4, v, true);
-    else if (t === 'i') dv.setInt32(i * 4, v, true);
-    else dv.setUint32(i * 4, v >>> 0, true);
-  });
-  return buf;
+  const u = new Uint32Array(n);
+  let f: Float32Array | undefined;
+  let s: Int32Array | undefined;
+  for (let i = 0; i < fields.length; i++) {
+    const [t, v] = fields[i]!;
+    if (t === 'f') (f ??= new Float32Array(u.buffer))[i] = v;
+    else if (t === 'i') (s ??= new Int32Array(u.buffer))[i] = v;
+    else u[i] = v; // ToUint32, as v >>> 0
+  }
+  return u.buffer;
 }
