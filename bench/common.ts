@@ -12,6 +12,15 @@ export interface KernelMeasurement {
   gflops: number;
 }
 
+/** The median: the middle value, or the mean of the two middle values of an even count (of
+ *  two runs, their mean, not the slower one). */
+export function median(a: readonly number[]): number {
+  if (a.length === 0) throw new Error('median of no values');
+  const s = [...a].sort((x, y) => x - y);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
+
 /** Median wall time in ms of `run` (which records GPU work), synced after each run. */
 export async function timeGpu(dev: Device, run: () => void, opts: { warmup?: number; runs?: number } = {}): Promise<number> {
   const warmup = opts.warmup ?? 1;
@@ -27,8 +36,7 @@ export async function timeGpu(dev: Device, run: () => void, opts: { warmup?: num
     await dev.sync();
     times.push(performance.now() - t0);
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
+  return median(times);
 }
 
 export function kernelMeasurement(op: string, shape: string, dtype: string, variant: string, ms: number, flops: number): KernelMeasurement {
@@ -96,8 +104,7 @@ export async function alternate(dev: Device, choices: Choices, fn: () => void, r
       times.set(name, [...(times.get(name) ?? []), (performance.now() - t0) / reps]);
     }
   }
-  const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
-  return new Map([...times].map(([k, v]) => [k, med(v)]));
+  return new Map([...times].map(([k, v]) => [k, median(v)]));
 }
 
 /** One line per op of an A/B benchmark: each choice's ms, rate and speed relative to the first. */

@@ -6,6 +6,7 @@ import { Device, Tensor, scope } from '../src/tensor/index.js';
 import { ClipTextModel, parseClipTextConfig } from '../src/models/clip.js';
 import { UNet2DConditionModel, parseUNetConfig, type UNetConfig } from '../src/models/unet.js';
 import { RandomWeights } from '../src/models/weights.js';
+import { median } from './common.js';
 
 export interface ModelMeasurement {
   model: string;
@@ -186,7 +187,6 @@ export async function timeIt(dev: Device, runs: number, fn: () => void): Promise
     await dev.sync();
     times.push((performance.now() - t0) / 1000);
   }
-  const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
   return { seconds: median(times), run_seconds: times, record_seconds: median(records) };
 }
 

@@ -8,6 +8,7 @@ import { Tensor, bindCache, scope, type Device } from '../src/tensor/index.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { RandomWeights } from '../src/models/weights.js';
 import { SD15_UNET, type ModelBenchOptions } from './models.js';
+import { median } from './common.js';
 
 export async function benchRecord(dev: Device, o: ModelBenchOptions, json: boolean): Promise<void> {
   const config = parseUNetConfig(SD15_UNET as Record<string, unknown>, 'SD 1.5 unet config');
@@ -43,9 +44,8 @@ export async function benchRecord(dev: Device, o: ModelBenchOptions, json: boole
         dispatches = (dev.dispatchCount - d0) / reps;
       }
     }
-    const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
     for (const [k, t] of times) {
-      const ms = med(t);
+      const ms = median(t);
       if (json) console.log(JSON.stringify({ op: 'record unet forward', kernels: dev.kind, dtype: o.dtype, batch: B, variant: k, dispatches, ms: Number(ms.toFixed(2)) }));
       else console.log(`recording one UNet forward (${dev.kind} kernels, ${o.dtype}, batch ${B}, ${dispatches} dispatches), ${k.padEnd(14)}: ${ms.toFixed(1).padStart(6)} ms, ${((1000 * ms) / dispatches).toFixed(1)} us per dispatch`);
     }
