@@ -2,7 +2,7 @@
 // these pin its bytes against a DataView reference, little-endian as WebGPU reads them.
 import { describe, expect, it } from 'vitest';
 import { uniforms } from '../src/tensor/index.js';
-import { gemmUniforms, type GemmParams } from '../src/kernels/matmul.js';
+import { gemmUniforms, gemmUniformsWith, type GemmParams } from '../src/kernels/matmul.js';
 
 type Field = readonly ['u' | 'i' | 'f', number];
 
@@ -56,6 +56,18 @@ describe('uniforms', () => {
       const got = new Uint8Array(gemmUniforms(p));
       expect(got.byteLength).toBe(144);
       expect(Array.from(got)).toEqual(Array.from(reference(fields(p))));
+    }
+    // gemmUniformsWith(q, over) is gemmUniforms({ ...q, ...over }) without the spread
+    const overs = [
+      { oOff: 0, oRs: 320, oCs: 1, oBs: 4096 * 320, ks: 4, kc: 20, sStride: 9999, flags: 0 },
+      { aOff: 0, aRs: 320, aCs: 1, aBs: 7, nx: 12 },
+      { M: 100, batch: 2, bOff: 40, rOff: 3, biasOff: 64 },
+      { e0: 1, padT: 2, H: 3, W: 4, Ho: 5, Wo: 6, kh: 7, kw: 8, stride: 9, pad: 10, act: 1 },
+    ];
+    for (const p of [q, conv]) {
+      for (const over of overs) {
+        expect(Array.from(new Uint8Array(gemmUniformsWith(p, over)))).toEqual(Array.from(new Uint8Array(gemmUniforms({ ...p, ...over }))));
+      }
     }
   });
 });

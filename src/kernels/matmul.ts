@@ -402,7 +402,7 @@ export function dispatchGpu2(
       label: g.label,
       family: g.family,
       pipeline,
-      uniforms: gemmUniforms({ ...q, oOff: 0, oRs: q.N, oCs: 1, oBs: q.M * q.N, ks, kc, sStride, flags: 0 }),
+      uniforms: gemmUniformsWith(q, { oOff: 0, oRs: q.N, oCs: 1, oBs: q.M * q.N, ks, kc, sStride, flags: 0 }),
       bindings: [a, b, d, d, scratch.binding()],
       workgroups: [tilesN, tilesM, q.batch * ks],
     });
@@ -413,7 +413,7 @@ export function dispatchGpu2(
       label: `${g.label} split-K sum`,
       family: g.family,
       pipeline: rPipe,
-      uniforms: gemmUniforms({ ...q, aOff: 0, aRs: q.N, aCs: 1, aBs: q.M * q.N, ks, kc, sStride, nx: wg[0] }),
+      uniforms: gemmUniformsWith(q, { aOff: 0, aRs: q.N, aCs: 1, aBs: q.M * q.N, ks, kc, sStride, nx: wg[0] }),
       bindings: [scratch.binding(), d, bias, res, out],
       workgroups: [wg[0], wg[1], 1],
     });
@@ -671,6 +671,24 @@ export function gemmUniforms(q: GemmParams): ArrayBuffer {
   return u.buffer;
 }
 
+/** Each field's word in gemmUniforms' block. */
+const GEMM_WORD: Record<keyof GemmParams, number> = {
+  M: 0, N: 1, K: 2, nx: 3, aOff: 4, aRs: 5, aCs: 6, aBs: 7, bOff: 8, bRs: 9, bCs: 10, bBs: 11,
+  oOff: 12, oRs: 13, oCs: 14, oBs: 15, rOff: 16, biasOff: 17, flags: 18, act: 19, alpha: 20, batch: 21,
+  e0: 22, padT: 23, H: 24, W: 25, Ho: 26, Wo: 27, kh: 28, kw: 29, stride: 30, pad: 31, ks: 32, kc: 33, sStride: 34,
+};
+
+/**
+ * gemmUniforms of q with some integer fields replaced: the same block as gemmUniforms({ ...q,
+ * ...over }) without spreading q (an object spread of its ~25 fields cost several us: a tenth
+ * of recording a UNet forward with the 'gpu' kernels, whose split-K matmuls made two).
+ */
+export function gemmUniformsWith(q: GemmParams, over: Partial<Record<Exclude<keyof GemmParams, 'alpha'>, number>>): ArrayBuffer {
+  const u = new Uint32Array(gemmUniforms(q));
+  for (const k in over) u[GEMM_WORD[k as keyof typeof over]] = over[k as keyof typeof over]!;
+  return u.buffer;
+}
+
 /** Epilogue flags (shaders/matmul_common.wgsl). */
 export const FLAG = { BIAS: 1, ACCUM: 2, FINAL: 4, RES: 8, BIAS_ROW: 16 } as const;
 
@@ -811,16 +829,15 @@ function dispatchCpuATexture(dev: Device, g: Gemm, c: Chunk, q: GemmParams, bias
       const tex = packTexture(dev, src, mc, c.K, zc, `${g.label} pack a`, g.family ?? 'matmul');
       try {
         const oShift = z0 * g.out.bs + m0 * g.out.rs;
-        const pq: GemmParams = {
-          ...q,
+        const pu = gemmUniformsWith(q, {
           M: mc,
           batch: zc,
           bOff: q.bOff + z0 * g.b.bs,
           oOff: q.oOff + oShift,
           rOff: q.rOff + (c.res ? oShift : 0),
           biasOff: q.biasOff + (g.biasRow ? m0 : 0),
-        };
-        dispatchTexturePiece(dev, g, { ...c, M: mc, batch: zc }, pq, tex, biasBinding);
+        });
+        dispatchTexturePiece(dev, g, mc === c.M && zc === c.batch ? c : { ...c, M: mc, batch: zc }, pu, tex, biasBinding);
       } finally {
         dev.freeTexture(tex);
       }
@@ -837,13 +854,13 @@ function texturePieceLimits(dev: Device): { maxRows: number; maxLayers: number }
 }
 
 /** One cpu-kernel dispatch of a piece whose a is in `tex` (packTexture's layout). */
-function dispatchTexturePiece(dev: Device, g: Gemm, piece: Chunk, pq: GemmParams, tex: GPUTexture, biasBinding: Binding): void {
+function dispatchTexturePiece(dev: Device, g: Gemm, piece: Chunk, pu: ArrayBuffer, tex: GPUTexture, biasBinding: Binding): void {
   const { pipeline, tile } = pipelineFor(dev, g, piece, true);
   dev.dispatch({
     label: g.label,
     family: g.family ?? 'matmul',
     pipeline,
-    uniforms: gemmUniforms(pq),
+    uniforms: pu,
     // (into a texture: bias, residual and out are left out of the shader, so unbound)
     bindings: g.outTexture
       ? [null, piece.b.binding, null, null, null, textureBinding(tex), textureBinding(g.outTexture)]
