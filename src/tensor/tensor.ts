@@ -8,13 +8,15 @@ export type Shape = readonly number[];
 /** A GPU buffer shared by a tensor and its reshaped views. */
 class Storage {
   refs = 1;
-  /** buffer.size, read once: a property of Dawn's object is a native call (~55 ns). */
-  readonly size: number;
+  private bytes = -1;
   constructor(
     readonly device: Device,
     readonly buffer: GPUBuffer,
-  ) {
-    this.size = buffer.size;
+  ) {}
+  /** buffer.size, read once when first asked: a property of Dawn's object is a native call (~55 ns). */
+  get size(): number {
+    if (this.bytes < 0) this.bytes = this.buffer.size;
+    return this.bytes;
   }
   release(pool = true): void {
     if (--this.refs === 0) this.device.free(this.buffer, pool);
