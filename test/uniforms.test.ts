@@ -63,6 +63,7 @@ describe('uniforms', () => {
       { aOff: 0, aRs: 320, aCs: 1, aBs: 7, nx: 12 },
       { M: 100, batch: 2, bOff: 40, rOff: 3, biasOff: 64 },
       { e0: 1, padT: 2, H: 3, W: 4, Ho: 5, Wo: 6, kh: 7, kw: 8, stride: 9, pad: 10, act: 1 },
+      { N: 1000, K: 2000, bRs: 3, bCs: 4, bBs: 5 },
     ];
     for (const p of [q, conv]) {
       for (const over of overs) {

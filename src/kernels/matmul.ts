@@ -357,11 +357,6 @@ export function gpu2Splits(M: number, N: number, Kt: number, batch: number): [nu
   return [Math.ceil(Kt / kc), kc];
 }
 
-/**
- * Records a 'v2' GEMM (matmul_gpu2.wgsl; CONV for the implicit-GEMM conv): `q` as for a
- * plain dispatch, `bindings` [a, b, bias, res, out], `Kt` the reduction length (conv:
- * channels x taps). Splits K when the output has few tiles (gpu2Splits).
- */
 /** The defines of matmul_gpu2.wgsl, in the order of its pipeline keys. */
 const GPU2_DEFINES = ['A_F16', 'BIAS_F16', 'B_F16', 'CONV', 'GLU'] as const;
 type Gpu2Defines = Partial<Record<(typeof GPU2_DEFINES)[number], boolean>>;
@@ -374,6 +369,11 @@ function gpu2Key(defines: Gpu2Defines): string {
   return (gpu2Keys[mask] ??= `matmul_gpu2:${GPU2_DEFINES.filter((_, i) => mask & (1 << i)).join(',')}`);
 }
 
+/**
+ * Records a 'v2' GEMM (matmul_gpu2.wgsl; CONV for the implicit-GEMM conv): `q` as for a
+ * plain dispatch, `bindings` [a, b, bias, res, out], `Kt` the reduction length (conv:
+ * channels x taps). Splits K when the output has few tiles (gpu2Splits).
+ */
 export function dispatchGpu2(
   dev: Device,
   g: { label: string; family: string; defines: Gpu2Defines; q: GemmParams; bindings: Binding[]; Kt: number },
@@ -529,8 +529,7 @@ export function runGemm(dev: Device, g: Gemm): void {
     const wo = windowFor(dev, g.out.t, ...span(g.out, 0, batch, 0, M, 0, outN));
     const wr = res ? windowFor(dev, res.t, ...span(res, 0, batch, 0, M, 0, outN)) : undefined;
     if (wa.bytes <= limit && wb.bytes <= limit && wo.bytes <= limit && (!wr || wr.bytes <= limit)) {
-      const bias = Boolean(g.bias);
-      dispatchGemm(dev, g, { M, N, K, batch, a: wa, b: wb, out: wo, res: wr, biasOff: g.bias ? g.bias.off : 0, accum: Boolean(g.accum), bias, final: true });
+      dispatchGemm(dev, g, { M, N, K, batch, a: wa, b: wb, out: wo, res: wr, biasOff: g.bias ? g.bias.off : 0, accum: Boolean(g.accum), bias: Boolean(g.bias), final: true });
       return;
     }
   }
