@@ -23,7 +23,7 @@ let minTiles = DEFAULT_MIN_TILES;
 const ENABLED = process.env.ELBO_WINOGRAD !== '0';
 /**
  * 4x4 tiles per image from which F(4x4, 3x3) is used (32x32 images and up: the UNet's 64x64
- * and 32x32 levels); ELBO_WINOGRAD_TILE=2, 4 or 6 forces one size. Measured (lavapipe, f32,
+ * and 32x32 levels); ELBO_WINOGRAD_TILE=2, 4, 6 or 8 forces one size. Measured (lavapipe, f32,
  * equivalent GFLOP/s, median of 10, F(2x2) -> F(4x4)): 320->320 at 64x64 26 -> 39, 640->640
  * at 32x32 23 -> 41. At 16x16 F(4x4) is faster from two images on (batch 2, prepared
  * weights, ms: 1280->1280 960 -> 526, 2560->1280 1309 -> 1142) but not taken: through the
