@@ -4,7 +4,8 @@
 // is what a forward costs (H100, 2026-11-27: 731 dispatches recorded in 88 ms of a 100 ms
 // forward). Bind-group cache on and off (bindCache.enabled), alternated in one process.
 // ELBO_KERNELS=gpu records the 'gpu' kernels on any adapter; on a CPU adapter add ELBO_POOL_MB=2048
-// ELBO_MAX_BATCH=128 for a GPU's pool and submits (its own evict buffers, so bind groups miss).
+// ELBO_MAX_BATCH=128 for a GPU's pool and submits (a CPU adapter's own defaults evict buffers every
+// forward, so most bind groups miss).
 import { Tensor, bindCache, scope, type Device } from '../src/tensor/index.js';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet.js';
 import { RandomWeights } from '../src/models/weights.js';
