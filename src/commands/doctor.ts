@@ -36,7 +36,7 @@ export async function runDoctor(args: string[]): Promise<number> {
     attentionTileWide: `${attentionTuning.cpuFwd.wideR}x${attentionTuning.cpuFwd.JB}`,
     winogradF16U: winogradTuning.f16U,
     winograd: process.env.ELBO_WINOGRAD !== '0',
-    winogradF8: process.env.ELBO_WINOGRAD_F8 !== '0',
+    winogradF8: winogradTuning.f8,
     winogradS2: !winogradTuning.s2 ? 'off' : winogradTuning.s2Tile ? `F(${winogradTuning.s2Tile}x${winogradTuning.s2Tile}, 2x2)` : 'F(8x8, 2x2) / F(4x4, 2x2)',
   };
   const report = {

@@ -60,6 +60,8 @@ export const winogradTuning = {
   s2Tile: (['4', '8'].includes(process.env.ELBO_WINOGRAD_S2_TILE ?? '') ? Number(process.env.ELBO_WINOGRAD_S2_TILE) : undefined) as 4 | 8 | undefined,
   /** Output pixels per call (batch x height x width) from which stride-2 convs take it. */
   s2MinPixels: 64 * 64,
+  /** F(8x8, 3x3) where winogradTileFor takes it (ELBO_WINOGRAD_F8=0: F(4x4) / F(6x6) only). */
+  f8: process.env.ELBO_WINOGRAD_F8 !== '0',
 };
 
 /**
@@ -191,7 +193,6 @@ const F6_MIN_PIXELS = 128 * 128;
 const F8_MIN_PIXELS = 64 * 64;
 const F8_MIN_CHANNELS = 512;
 const F8_MAX_U_BYTES = 128 * 2 ** 20;
-const F8_ENABLED = process.env.ELBO_WINOGRAD_F8 !== '0';
 
 /**
  * The output tile size m of F(m x m, 3x3) for a batch of B H x W images: F(2x2) below 64 4x4
@@ -207,7 +208,7 @@ export function winogradTileFor(H: number, W: number, B = 1, cpu = false, Ci = 0
   const big = B * H * W >= F6_MIN_PIXELS;
   // Per image: a batch of small images (the UNet's 64x64 level at batch 4) keeps F(6x6).
   const f8 = H * W >= F6_MIN_PIXELS || (H * W >= F8_MIN_PIXELS && Math.min(Ci, Co) >= F8_MIN_CHANNELS);
-  if (cpu && F8_ENABLED && W % 4 === 0 && f8 && F8.a ** 2 * Ci * Co * 4 <= F8_MAX_U_BYTES) return 8;
+  if (cpu && winogradTuning.f8 && W % 4 === 0 && f8 && F8.a ** 2 * Ci * Co * 4 <= F8_MAX_U_BYTES) return 8;
   return cpu && big ? 6 : 4;
 }
 
