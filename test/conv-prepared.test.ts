@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, convWeightShape, isPreparedConvWeight, prepareConvWeight, trimConvWeightCache, type ConvVariant } from '../src/kernels/conv.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
+import { im2colTuning } from '../src/kernels/im2col.js';
 
 interface Case { Ci: number; Co: number; H: number; W: number; k: number; stride: number; pad: number }
 
@@ -129,13 +130,20 @@ describe('prepareConvWeight', () => {
     expect(dev.liveBytes).toBe(before); // the copy took the original's place
     for (const t of [x, p, p2]) t.release();
     // A 3x3 weight left as stored (channels in multiples of 4) on the direct kernel (too few
-    // tiles for Winograd): a temporary re-laid copy, freed with the conv's other temporaries.
+    // tiles for Winograd; im2col, which takes such small images, turned off): a temporary
+    // re-laid copy, freed with the conv's other temporaries.
     const x8 = Tensor.fromArray(dev, randn(8 * 5 * 5, 24), [1, 8, 5, 5]);
     const w8 = Tensor.fromArray(dev, randn(8 * 8 * 9, 25, 0.5), [8, 8, 3, 3]);
     expect(prepareConvWeight(w8)).toBe(w8);
     const live8 = dev.liveBytes;
+    const s1 = im2colTuning.s1MaxPixels;
+    im2colTuning.s1MaxPixels = 0;
     dev.startProfile();
-    conv2d(x8, w8, { padding: 1, variant: 'cpu' }).release();
+    try {
+      conv2d(x8, w8, { padding: 1, variant: 'cpu' }).release();
+    } finally {
+      im2colTuning.s1MaxPixels = s1;
+    }
     const prof = await dev.stopProfile();
     expect([...prof.keys()]).toEqual(['conv2d']);
     expect(prof.get('conv2d')!.count).toBe(2); // the re-layout and the conv

@@ -49,6 +49,9 @@ function refConv(x: Float32Array, w: Float32Array, c: Case, bias?: Float32Array,
 }
 
 let dev: Device;
+/** im2col's stride-1 threshold as configured: the Winograd tests below turn it off, so that
+ *  their small images stay on the path they test. */
+const S1_MAX_PIXELS = im2colTuning.s1MaxPixels;
 const VARIANTS = gemmVariants();
 const VARIANTS_WHOLE = gemmVariants({ whole: true });
 
@@ -78,6 +81,7 @@ describe('conv2d', () => {
     setMaxBindingBytes(undefined);
     setWinogradMinTiles(undefined);
     setWinogradTile(undefined);
+    im2colTuning.s1MaxPixels = S1_MAX_PIXELS;
   });
 
   it('variants agree with the CPU reference on odd shapes', async () => {
@@ -177,6 +181,7 @@ describe('conv2d', () => {
       if (dev.kind !== 'cpu') return; // the path is lavapipe's ('cpu' adapters) only
       setWinogradMinTiles(1);
       setWinogradTile(m);
+      im2colTuning.s1MaxPixels = 0;
       const wino = (c: Case): Promise<number> => check('cpu', { pad: 1, ...c }, 1, m === 8 ? 3e-4 : 1e-4);
       // weight, input, batched matmul, output: at least four dispatches, not the direct kernel's one
       expect(await wino({ B: 2, Ci: 8, Co: 12, H: 9, W: 11, k: 3, bias: true, residual: true, act: 'silu' })).toBeGreaterThanOrEqual(4);
@@ -389,9 +394,31 @@ describe('conv2d', () => {
     expectClose(prep, ref, 1e-4, 'im2col with a prepared weight');
     expectClose(await conv2d(x, w, { ...opts, variant: 'cpu' }).toArray(), ref, 1e-4, 'im2col with the stored weight');
     for (const t of [x, w, wp, bias]) t.release();
-    // not taken: K not a multiple of 4 (the VAE's conv_in has Ci = 3), stride 1
+    // not taken: K not a multiple of 4 (the VAE's conv_in has Ci = 3)
     expect(await families({ B: 1, Ci: 3, Co: 8, H: 9, W: 9, k: 3, stride: 2, pad: 1 })).not.toContain('im2col');
-    expect(await families({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).not.toContain('im2col');
+  });
+
+  // Stride-1 convs on at most im2colTuning.s1MaxPixels pixels per call (64: the SD
+  // UNet's 8x8 level at batch 1) take im2col + matmul too; larger ones Winograd or the
+  // direct kernel.
+  it('cpu: stride-1 convs on few pixels per call go through im2col + matmul', async () => {
+    dev = await getDevice();
+    if (dev.kind !== 'cpu') return;
+    expect(im2colTuning.s1MaxPixels).toBe(64);
+    const families = async (c: Case): Promise<string[]> => {
+      dev.startProfile();
+      await check('cpu', c);
+      return [...(await dev.stopProfile()).keys()].sort();
+    };
+    const im2col = ['im2col', 'im2col matmul'];
+    // 8x8, pad 1 (edges of every side), fused epilogue; 7x9 with pad 0 (5x7 outputs)
+    expect(await families({ B: 1, Ci: 16, Co: 12, H: 8, W: 8, k: 3, pad: 1, bias: true, residual: true, act: 'silu' })).toEqual(im2col);
+    expect(await families({ B: 1, Ci: 8, Co: 8, H: 7, W: 9, k: 3, pad: 0, bias: true })).toEqual(im2col);
+    if (dev.hasF16) expect(await families({ B: 1, Ci: 8, Co: 12, H: 8, W: 8, k: 3, pad: 1, bias: true, residual: true, f16: true })).toEqual(im2col);
+    // 128 pixels per call: Winograd (batch 2 of the 8x8 level)
+    expect(await families({ B: 2, Ci: 16, Co: 12, H: 8, W: 8, k: 3, pad: 1, bias: true })).not.toContain('im2col');
+    im2colTuning.s1MaxPixels = 0;
+    expect(await families({ B: 1, Ci: 16, Co: 12, H: 8, W: 8, k: 3, pad: 1, bias: true })).not.toContain('im2col');
   });
 
   it('cpu: Winograd goes in chunks of tiles and of output channels where its operands exceed one binding', async () => {
@@ -399,6 +426,7 @@ describe('conv2d', () => {
     if (dev.kind !== 'cpu') return;
     setWinogradMinTiles(1);
     setWinogradTile(2);
+    im2colTuning.s1MaxPixels = 0;
     // x and out (8 KiB) and U (4 KiB) fit a 12 KiB limit; V (16, 64 tiles, 8) = 32 KiB does not:
     // at most 24 tiles per chunk, so three chunks of 22, 22 and 20 tiles (input transform,
     // matmul, output transform each).

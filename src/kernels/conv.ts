@@ -250,7 +250,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   };
   if (variant === 'cpu' && winogradS2Applies(dev, convShape)) return winograd({ s2: true });
-  if (variant === 'cpu' && im2colApplies(dev, { Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
+  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }

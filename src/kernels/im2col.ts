@@ -1,4 +1,6 @@
-// Strided convs on lavapipe as im2col + matmul: for a chunk of output pixels, the kh x kw
+// Strided convs on lavapipe as im2col + matmul, and stride-1 ones on few pixels per call
+// (im2colTuning.s1MaxPixels: the UNet's 8x8 level at batch 1, where Winograd's per-call
+// weight transform outweighs its saving): for a chunk of output pixels, the kh x kw
 // input patches are copied into rows of K = Ci * kh * kw values (shaders/im2col.wgsl), then
 // one matmul on the kernel's fastest path (its b read along K and shared by the lanes, SG_B):
 //   weights as stored (Co, Ci, kh, kw), f32 or f16:  out[b]^T (pixels, Co) = col @ W^T,
@@ -15,7 +17,16 @@ const ENABLED = process.env.ELBO_IM2COL !== '0';
 const COL_BYTES = 32 * 2 ** 20;
 
 /** `c4` false (or ELBO_IM2COL_C4=0) keeps the generic per-vec4 kernel for all channel counts. */
-export const im2colTuning = { c4: process.env.ELBO_IM2COL_C4 !== '0' };
+export const im2colTuning = {
+  c4: process.env.ELBO_IM2COL_C4 !== '0',
+  /**
+   * Stride-1 convs on at most this many pixels per call (batch x H x W) take im2col +
+   * matmul instead of Winograd (ELBO_IM2COL_S1_PIXELS; 0: never). SD 1.5 UNet at batch 1,
+   * three alternated pairs: f32 8.70-9.12 -> 8.68-8.75 s, f16 weights 8.45-8.69 -> 7.92-8.19
+   * s; at batch 2 (128 pixels at 8x8) im2col lost (all kernels 16.4 -> 18.4 s): docs/KERNELS.md.
+   */
+  s1MaxPixels: Number(process.env.ELBO_IM2COL_S1_PIXELS ?? 64),
+};
 
 export interface Im2colArgs {
   x: Tensor; // (B, Ci, H, W) f32
@@ -31,12 +42,13 @@ export interface Im2colArgs {
 }
 
 /**
- * Whether conv2d's 'cpu' variant takes im2col + matmul: strides of 2 and more with a
- * kernel larger than 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage
- * binding; prepared weights only in f32 (the matmul kernel reads its a operand as f32).
+ * Whether conv2d's 'cpu' variant takes im2col + matmul: strides of 2 and more, or stride 1
+ * on at most s1MaxPixels input pixels per call (batch x H x W), with a kernel larger than
+ * 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage binding; prepared weights only in f32 (the matmul kernel reads its a operand as f32).
  */
-export function im2colApplies(dev: Device, a: { Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
-  if (!ENABLED || dev.kind !== 'cpu' || a.stride < 2 || a.kh * a.kw < 2 || (a.prepared && a.wDtype !== 'f32')) return false;
+export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
+  const small = a.stride === 1 && a.B * a.H * a.W <= im2colTuning.s1MaxPixels;
+  if (!ENABLED || dev.kind !== 'cpu' || (a.stride < 2 && !small) || a.kh * a.kw < 2 || (a.prepared && a.wDtype !== 'f32')) return false;
   const K = a.Ci * a.kh * a.kw;
   return K % 4 === 0 && a.Ci * a.H * a.W * 4 <= maxBindingBytes(dev) && K * 4 * 4 <= Math.min(COL_BYTES, maxBindingBytes(dev));
 }
