@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
-import { setWinogradMinTiles, setWinogradTile, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
+import { setWinogradMinTiles, setWinogradTile, uFloor, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
 import { im2colTuning } from '../src/kernels/im2col.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
@@ -238,6 +238,28 @@ describe('conv2d', () => {
       expect(await wino({ B: 1, Ci: 8, Co: 8, H: 9, W: 9, k: 3, pad: 0 })).toBeLessThanOrEqual(2);
     });
   }
+
+  // U above a quarter of a binding is allocated a whole binding's size on a CPU adapter, so
+  // that one pooled buffer serves every such conv (the chunk test below runs through it: its
+  // U chunks are above a quarter of the lowered limit).
+  it('cpu: a large Winograd U is allocated at one binding size on a CPU adapter', async () => {
+    dev = await getDevice();
+    const lim = 128 * 2 ** 20;
+    if (!dev.hostMemory) {
+      expect(uFloor(dev, lim, lim)).toBe(0);
+      return;
+    }
+    expect(uFloor(dev, lim / 4 + 2, lim)).toBe(lim);
+    expect(uFloor(dev, 105 * 2 ** 20, lim)).toBe(lim);
+    expect(uFloor(dev, lim / 4, lim)).toBe(0);
+    expect(uFloor(dev, 6 * 2 ** 20, lim)).toBe(0);
+    winogradTuning.uFloor = false;
+    try {
+      expect(uFloor(dev, lim, lim)).toBe(0);
+    } finally {
+      winogradTuning.uFloor = true;
+    }
+  });
 
   it('cpu: Winograd takes F(4x4, 3x3) from 64 4x4 tiles per image on, F(2x2, 3x3) below, F(8x8, 3x3) on large images', () => {
     expect(winogradTileFor(32, 32)).toBe(4); // the UNet's 32x32 and 64x64 levels

@@ -47,6 +47,8 @@ let forcedTile = [2, 4, 6, 8].includes(TILE_ENV) ? (TILE_ENV as TileSize) : unde
 export const winogradTuning = {
   weightV4: true,
   f16U: process.env.ELBO_WINOGRAD_F16U !== '0',
+  /** A large U allocated at one binding's size on a CPU adapter (uFloor; ELBO_WINOGRAD_UFLOOR=0: as needed). */
+  uFloor: process.env.ELBO_WINOGRAD_UFLOOR !== '0',
   /**
    * Most bytes of V (and of M) per chunk of tiles; undefined: CPU_CHUNK_BYTES on a CPU
    * adapter, one storage binding on a GPU. V, its texture copy and M are made per chunk.
@@ -305,6 +307,21 @@ export function winogradS2Applies(dev: Device, a: { B: number; Ci: number; Co: n
   return coc >= 4 && tilesPerChunk(lim, aa, 4 * a.Ci, coc) >= 1;
 }
 
+/**
+ * The least bytes to allocate for a U of `bytes` (0: as needed). On a CPU adapter a U above a
+ * quarter of a binding (`lim`) is made a whole binding's size, so that every such conv
+ * reuses one pooled buffer instead of a size class per shape: the SD 1.5 UNet's U of 52-134
+ * MB were made again each forward once the 512 MiB pool had evicted them, and the transform
+ * wrote them at ~1.3 GB/s while their pages faulted in. By GPU timestamps, f32 batch 1:
+ * weight transforms 648 / 581 -> 379 / 364 ms, all kernels 8897 / 8552 -> 8106 / 8059 ms;
+ * f16 weights 546 / 547 -> 308 / 317 ms, 7862 / 8163 -> 7693 / 7751 ms (a lim / 2 threshold:
+ * 383 / 400 ms). The live peak rises by the slack of one U (+24 MB). ELBO_WINOGRAD_UFLOOR=0
+ * allocates U as needed.
+ */
+export function uFloor(dev: Device, bytes: number, lim: number): number {
+  return dev.hostMemory && winogradTuning.uFloor && bytes > lim / 4 ? lim : 0;
+}
+
 /** Output channels per chunk (a multiple of 4) so that U (aa, Co, Ci) fits one binding. */
 function coPerChunk(lim: number, aa: number, Ci: number, Co: number): number {
   return Math.min(Co, Math.floor(lim / (aa * 4 * Ci) / 4) * 4);
@@ -339,7 +356,8 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const per = Math.ceil(tiles / chunks);
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
-    const u = Tensor.empty(dev, [aa, nco, K], uH ? 'f16' : 'f32', 'winograd U');
+    const uBytes = aa * nco * K * (uH ? 2 : 4);
+    const u = Tensor.empty(dev, [aa, nco, K], uH ? 'f16' : 'f32', 'winograd U', uFloor(dev, uBytes, lim));
     try {
       const [sCo, sCi, sTap] = g.wStrides;
       if (s2) {

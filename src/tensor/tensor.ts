@@ -147,13 +147,13 @@ export class Tensor {
   }
 
   /** An uninitialised tensor. */
-  static empty(device: Device, shape: Shape, dtype: DType = 'f32', label = 'tensor'): Tensor {
+  static empty(device: Device, shape: Shape, dtype: DType = 'f32', label = 'tensor', minBytes = 0): Tensor {
     checkShape(shape, label);
     if (dtype === 'f16' && !device.hasF16) {
       throw new GpuError(`${label}: f16 tensors need the adapter feature shader-f16, which this adapter lacks; use f32`);
     }
     const bytes = byteSizeOf(numelOf(shape), dtype);
-    const buf = device.alloc(Math.max(bytes, 4), `${label} ${shapeStr(shape)} ${dtype}`);
+    const buf = device.alloc(Math.max(bytes, 4, minBytes), `${label} ${shapeStr(shape)} ${dtype}`);
     return new Tensor(device, new Storage(device, buf), shape, dtype);
   }
 
