@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
 import { setWinogradMinTiles, setWinogradTile, uFloor, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
-import { im2colTuning } from '../src/kernels/im2col.js';
+import { im2colTuning, s1PixelsFrom } from '../src/kernels/im2col.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
@@ -427,6 +427,11 @@ describe('conv2d', () => {
     dev = await getDevice();
     if (dev.kind !== 'cpu') return;
     expect(im2colTuning.s1MaxPixels).toBe(64);
+    expect(s1PixelsFrom(undefined)).toBe(64);
+    expect(s1PixelsFrom('0')).toBe(0);
+    expect(s1PixelsFrom('256')).toBe(256);
+    expect(() => s1PixelsFrom('many')).toThrow('ELBO_IM2COL_S1_PIXELS=many: expected a number of pixels >= 0');
+    expect(() => s1PixelsFrom('-1')).toThrow('ELBO_IM2COL_S1_PIXELS=-1');
     const families = async (c: Case): Promise<string[]> => {
       dev.startProfile();
       await check('cpu', c);

@@ -9,7 +9,7 @@
 //     W read as a transposed a, the bias by row. The direct kernel does the
 // same arithmetic at ~7-9 GFLOP/s on the VAE's and UNet's stride-2 downsamplers; this path
 // pays one extra write and read of the patches (9x the input, in chunks of COL_BYTES).
-import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
+import { GpuError, Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
 import { buildShader, maxBindingBytes, runGemm, windowFor, type Act, type Operand } from './matmul.js';
 
 const ENABLED = process.env.ELBO_IM2COL !== '0';
@@ -25,8 +25,16 @@ export const im2colTuning = {
    * three alternated pairs: f32 8.70-9.12 -> 8.68-8.75 s, f16 weights 8.45-8.69 -> 7.92-8.19
    * s; at batch 2 (128 pixels at 8x8) im2col lost (all kernels 16.4 -> 18.4 s): docs/KERNELS.md.
    */
-  s1MaxPixels: Number(process.env.ELBO_IM2COL_S1_PIXELS ?? 64),
+  s1MaxPixels: s1PixelsFrom(process.env.ELBO_IM2COL_S1_PIXELS),
 };
+
+/** ELBO_IM2COL_S1_PIXELS: a number of pixels >= 0 when set, else 64. */
+export function s1PixelsFrom(value: string | undefined): number {
+  if (value === undefined || value.trim() === '') return 64;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new GpuError(`ELBO_IM2COL_S1_PIXELS=${value}: expected a number of pixels >= 0`);
+  return n;
+}
 
 export interface Im2colArgs {
   x: Tensor; // (B, Ci, H, W) f32
@@ -44,7 +52,8 @@ export interface Im2colArgs {
 /**
  * Whether conv2d's 'cpu' variant takes im2col + matmul: strides of 2 and more, or stride 1
  * on at most s1MaxPixels input pixels per call (batch x H x W), with a kernel larger than
- * 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage binding; prepared weights only in f32 (the matmul kernel reads its a operand as f32).
+ * 1x1, K = Ci kh kw a multiple of 4, one image of x within one storage binding; prepared
+ * weights only in f32 (the matmul kernel reads its a operand as f32).
  */
 export function im2colApplies(dev: Device, a: { B: number; Ci: number; H: number; W: number; kh: number; kw: number; stride: number; wDtype: string; prepared: boolean }): boolean {
   const small = a.stride === 1 && a.B * a.H * a.W <= im2colTuning.s1MaxPixels;

@@ -146,7 +146,8 @@ export class Tensor {
     track(this);
   }
 
-  /** An uninitialised tensor. */
+  /** An uninitialised tensor; its buffer at least `minBytes` long (a pooled size class shared
+   *  by tensors of other shapes, e.g. the Winograd U). */
   static empty(device: Device, shape: Shape, dtype: DType = 'f32', label = 'tensor', minBytes = 0): Tensor {
     checkShape(shape, label);
     if (dtype === 'f16' && !device.hasF16) {
