@@ -32,9 +32,10 @@ fn ldBias(i: u32) -> f32 { return bias[i]; }
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 //#endif
 
-// flags and act codes as matmul.ts FLAG / ACT_CODE (winogradApplies admits act none or silu)
+// flags as matmul.ts FLAG; the activation (winogradApplies admits none or silu) and the
+// residual are defines, ACT_SILU and RES: on lavapipe a branch on a uniform still runs its
+// body under a mask, the SiLU's exp and divide and the residual's per-lane loads included
 const HAS_BIAS = 1u;
-const HAS_RES = 8u;
 
 //#include winograd_tile
 const TA = {{TA}}u;
@@ -72,9 +73,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
           if (TM * tile.tx + 4u * j < p.Wo) {
             let c = TM * r + 4u * j;
             var val = vec4<f32>(y[c][k], y[c + 1u][k], y[c + 2u][k], y[c + 3u][k]) + vec4<f32>(bv[k]);
-            if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
+//#if ACT_SILU
+            val = val / (vec4<f32>(1.0) + exp(-val));
+//#endif
             let o = row + j;
-            if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
+//#if RES
+            val += res[o];
+//#endif
             out[o] = val;
           }
         }
@@ -90,9 +95,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < 3u; j++) {
           if (TM * tile.tx + 2u * j < p.Wo) {
             var val = vec2<f32>(y[TM * r + 2u * j][k], y[TM * r + 2u * j + 1u][k]) + vec2<f32>(bv[k]);
-            if (p.act == 1u) { val = val / (vec2<f32>(1.0) + exp(-val)); }
+//#if ACT_SILU
+            val = val / (vec2<f32>(1.0) + exp(-val));
+//#endif
             let o = (row >> 1u) + j;
-            if ((p.flags & HAS_RES) != 0u) { val += res[o]; }
+//#if RES
+            val += res[o];
+//#endif
             out[o] = val;
           }
         }
@@ -106,11 +115,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       let ox = TM * tile.tx + c;
       if (oy < p.Ho && ox < p.Wo) {
         var val = y[TM * r + c] + bv;
-        if (p.act == 1u) { val = val / (vec4<f32>(1.0) + exp(-val)); }
+//#if ACT_SILU
+        val = val / (vec4<f32>(1.0) + exp(-val));
+//#endif
         let base = (tile.b * p.CoAll + p.co0 + 4u * tile.c4) * hw + oy * p.Wo + ox;
         for (var k = 0u; k < 4u; k++) {
           var z = val[k];
-          if ((p.flags & HAS_RES) != 0u) { z += res[base + k * hw]; }
+//#if RES
+          z += res[base + k * hw];
+//#endif
           out[base + k * hw] = z;
         }
       }

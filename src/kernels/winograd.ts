@@ -447,14 +447,19 @@ function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, 
     });
     {
       const biasF16 = g.bias?.dtype === 'f16';
-      const pipeline = dev.pipeline(`winograd_output:${al.key}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}:${Boolean(mTex)}`, () => winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex) }));
+      const silu = g.act === 'silu';
+      const res = Boolean(g.residual);
+      const pipeline = dev.pipeline(`winograd_output:${al.key}:${v4}:${v2}:${biasF16 ? 'b16' : 'b32'}:${Boolean(mTex)}:${silu}:${res}`, () =>
+        winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex), ACT_SILU: silu, RES: res }),
+      );
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
       const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
       const dm = dummy(dev).binding();
       dev.dispatch({
         label: `${g.label} winograd output`, family: 'winograd output', pipeline,
         uniforms: uniforms([['u', B], ['u', nco], ['u', Ho], ['u', Wo], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
-        bindings: [mTex ? textureBinding(mTex) : m!.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : dm, out.binding()],
+        // (no residual: the shader leaves its binding out, RES)
+        bindings: [mTex ? textureBinding(mTex) : m!.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : null, out.binding()],
         workgroups: [nx, ny],
       });
     }
