@@ -14,8 +14,8 @@
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies), and by its 'gpu' variant
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
-import { Tensor, grid1d, uniforms, type Device } from '../tensor/index.js';
-import { ACT_CODE, FLAG, buildShader, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
+import { Tensor, byteSizeOf, grid1d, uniforms, type Device } from '../tensor/index.js';
+import { FLAG, buildShader, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
 
 /** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
@@ -356,8 +356,8 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const per = Math.ceil(tiles / chunks);
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
-    const uBytes = aa * nco * K * (uH ? 2 : 4);
-    const u = Tensor.empty(dev, [aa, nco, K], uH ? 'f16' : 'f32', 'winograd U', uFloor(dev, uBytes, lim));
+    const uType = uH ? 'f16' : 'f32';
+    const u = Tensor.empty(dev, [aa, nco, K], uType, 'winograd U', uFloor(dev, byteSizeOf(aa * nco * K, uType), lim));
     try {
       const [sCo, sCi, sTap] = g.wStrides;
       if (s2) {
@@ -453,11 +453,12 @@ function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, 
         winoShader(al, 'output', { BIAS_F16: biasF16, OUT_V4: v4, OUT_V2: v2, M_TEX: Boolean(mTex), ACT_SILU: silu, RES: res }),
       );
       const [nx, ny] = grid1d(Math.ceil((nt * (nco / 4)) / 64));
-      const flags = (g.bias ? FLAG.BIAS : 0) | (g.residual ? FLAG.RES : 0);
+      // the activation and the residual are the pipeline's (ACT_SILU, RES): only the bias is a flag
+      const flags = g.bias ? FLAG.BIAS : 0;
       const dm = dummy(dev).binding();
       dev.dispatch({
         label: `${g.label} winograd output`, family: 'winograd output', pipeline,
-        uniforms: uniforms([['u', B], ['u', nco], ['u', Ho], ['u', Wo], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', ACT_CODE[g.act]], ['u', co0], ['u', Co]]),
+        uniforms: uniforms([['u', B], ['u', nco], ['u', Ho], ['u', Wo], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', flags], ['u', 0], ['u', co0], ['u', Co]]),
         // (no residual: the shader leaves its binding out, RES)
         bindings: [mTex ? textureBinding(mTex) : m!.binding(), g.bias ? g.bias.binding() : dm, g.residual ? g.residual.binding() : null, out.binding()],
         workgroups: [nx, ny],
