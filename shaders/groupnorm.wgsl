@@ -19,13 +19,20 @@
 struct P {
   items: u32, n: u32, S: u32, Cg: u32,
   G: u32, item0: u32, base: u32, silu: u32,
-  eps: f32, nx: u32,
+  eps: f32, nx: u32, imgW: u32, pad: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<{{V}}>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
+//#if OUT_TEX
+// y into the Winograd input transform's x texture (winograd_input.wgsl, X_TEX): texel (col,
+// row, image * C / 4 + c / 4) holds channels c .. c + 3 of one pixel. Needs V = vec4 (S % 4
+// == 0) and Cg % 4 == 0, so that a texel's four channels are of one group.
+@group(0) @binding(5) var yT: texture_storage_2d_array<rgba32float, write>;
+//#else
 @group(0) @binding(4) var<storage, read_write> y: array<{{V}}>;
+//#endif
 
 const WG = {{WG}}u;
 const W = {{W}}u;
@@ -76,6 +83,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let mean = K + m1;
   let rstd = inverseSqrt(max(m2 - m1 * m1, 0.0) + p.eps);
 
+//#if OUT_TEX
+  // Four channels x four pixels per step: four vec4 loads, four texel stores.
+  let item = p.item0 + w;
+  let layer0 = (item / p.G) * (p.G * p.Cg / 4u) + g * (p.Cg / 4u);
+  for (var q = 0u; q < p.Cg / 4u; q++) {
+    let c = g * p.Cg + 4u * q;
+    let sc = rstd * vec4<f32>(gamma[c], gamma[c + 1u], gamma[c + 2u], gamma[c + 3u]);
+    let sh = vec4<f32>(beta[c], beta[c + 1u], beta[c + 2u], beta[c + 3u]) - mean * sc;
+    let o = off + 4u * q * sv;
+    for (var i = t; i < sv; i += WG) {
+      let v0 = x[o + i];
+      let v1 = x[o + sv + i];
+      let v2 = x[o + 2u * sv + i];
+      let v3 = x[o + 3u * sv + i];
+      // imgW % 4 == 0: the four pixels are on one row
+      let row = (4u * i) / p.imgW;
+      let col = 4u * i - row * p.imgW;
+      for (var j = 0u; j < 4u; j++) {
+        var v = vec4<f32>(v0[j], v1[j], v2[j], v3[j]) * sc + sh;
+        if (p.silu != 0u) { v = v / (1.0 + exp(-v)); }
+        textureStore(yT, vec2<u32>(col + j, row), layer0 + q, v);
+      }
+    }
+  }
+//#else
   for (var ch = 0u; ch < p.Cg; ch++) {
     let c = g * p.Cg + ch;
     let sc = rstd * gamma[c];
@@ -87,4 +119,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       y[o + i] = v;
     }
   }
+//#endif
 }

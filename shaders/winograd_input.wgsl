@@ -5,7 +5,11 @@
 // The transform code is generated from B^T by winograd.ts (zero terms left out).
 struct P { B: u32, Ci: u32, H: u32, W: u32, tx: u32, t0: u32, nt: u32, nx: u32, xOff: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-//#if IN_V4
+//#if X_TEX
+// x as an rgba32float 2D-array texture: texel (col, row, image * Ci / 4 + c / 4) holds
+// channels c .. c + 3 of one pixel, so a patch point of the four channels is one fetch.
+@group(0) @binding(4) var xT: texture_2d_array<f32>;
+//#elif IN_V4
 // TM = 4 or 8 and W % 4 == 0: each patch row is x[TM tx - 1], TM / 4 aligned vec4, x[TM tx + TM]
 // (xs: the same buffer as scalars, for the two edge values: cheaper than a vec4 load)
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -34,7 +38,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let cb = p.xOff + (tile.b * p.Ci + 4u * tile.c4) * hw;
   // d[TA * r + c]: input pixel (TM ty - 1 + r, TM tx - 1 + c) of the four channels
   var d: array<vec4<f32>, {{TAA}}>;
-//#if IN_V4
+//#if X_TEX
+  let layer = tile.b * c4n + tile.c4;
+  for (var r = 0u; r < TA; r++) {
+    let y = i32(TM * tile.ty + r) - 1;
+    let yin = y >= 0 && y < i32(p.H);
+    for (var c = 0u; c < TA; c++) {
+      let xx = i32(TM * tile.tx + c) - 1;
+      let t = textureLoad(xT, vec2<i32>(clamp(xx, 0, i32(p.W) - 1), clamp(y, 0, i32(p.H) - 1)), layer, 0);
+      d[TA * r + c] = select(vec4<f32>(0.0), t, yin && xx >= 0 && xx < i32(p.W));
+    }
+  }
+//#elif IN_V4
   let x0 = TM * tile.tx;
   for (var r = 0u; r < TA; r++) {
     let y = i32(TM * tile.ty + r) - 1;

@@ -1,10 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
-import { conv2d, prepareConvWeight } from '../src/kernels/conv.js';
+import { conv2d, convTuning, prepareConvWeight } from '../src/kernels/conv.js';
+import { groupNorm } from '../src/kernels/norm.js';
 import { setWinogradMinTiles, setWinogradTile, uFloor, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
 import { im2colTuning, s1PixelsFrom } from '../src/kernels/im2col.js';
 import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
+import { refGroupNorm } from './helpers/cpuref.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
 
 const ACTS: Partial<Record<Act, (x: number) => number>> = {
@@ -495,6 +497,83 @@ describe('conv2d', () => {
     expect(p7).not.toBe(w7);
     expect(p7.shape).toEqual([12, 3, 3, 7]);
     for (const t of [w, w7, p7]) t.release();
+  });
+
+  it("norm: GroupNorm + SiLU first; the cpu Winograd path reads it from groupNorm's texture, bit for bit", async () => {
+    dev = await getDevice();
+    setWinogradMinTiles(1);
+    im2colTuning.s1MaxPixels = 0;
+    // which path ran: groupNormIntoTexture's dispatch is labelled '... into texture'
+    const labels: string[] = [];
+    const dispatch = dev.dispatch.bind(dev);
+    dev.dispatch = (a) => {
+      labels.push(a.label);
+      dispatch(a);
+    };
+    const run = async (c0: Case & { G: number; m?: 2 | 4 | 6 | 8; lastUse?: boolean; variant?: TestVariant }, texture: boolean): Promise<void> => {
+      const c = { pad: 1, ...c0 };
+      setWinogradTile(c.m);
+      const what = `conv2d norm ${JSON.stringify(c)}`;
+      const xd = randn(c.B * c.Ci * c.H * c.W, 5, 2);
+      for (let i = 0; i < xd.length; i++) xd[i] += 0.5; // an offset mean
+      let wd = randn(c.Co * c.Ci * 9, 6, 0.3);
+      if (c.f16) wd = roundToF16(wd);
+      const gd = randn(c.Ci, 7);
+      const bd = randn(c.Ci, 8);
+      const biasD = c.bias ? randn(c.Co, 9) : undefined;
+      const nd = Float32Array.from(refGroupNorm(xd, c.B, c.Ci, c.H * c.W, c.G, gd, bd, 1e-5, true));
+      const ref0 = refConv(nd, wd, c, biasD);
+      const resD = c.residual ? randn(ref0.out.length, 10) : undefined;
+      const ref = resD ? refConv(nd, wd, c, biasD, resD).out : ref0.out;
+      const x = Tensor.fromArray(dev, xd, [c.B, c.Ci, c.H, c.W]);
+      const w = Tensor.fromArray(dev, wd, [c.Co, c.Ci, 3, 3], c.f16 ? 'f16' : 'f32');
+      const [gamma, beta] = [Tensor.fromArray(dev, gd, [c.Ci]), Tensor.fromArray(dev, bd, [c.Ci])];
+      const bias = biasD ? Tensor.fromArray(dev, biasD, [c.Co]) : undefined;
+      const residual = resD ? Tensor.fromArray(dev, resD, [c.B, c.Co, ref0.Ho, ref0.Wo]) : undefined;
+      const variant = asVariant(c.variant ?? 'cpu');
+      const common = { bias, residual, stride: c.stride, padding: c.pad, variant };
+      // the two calls it stands for, on the same variant
+      const n = groupNorm(x, c.G, gamma, beta, 1e-5, { silu: true, variant });
+      const twoCalls = await conv2d(n, w, common).toArray();
+      labels.length = 0;
+      const out = conv2d(x, w, { ...common, norm: { groups: c.G, gamma, beta, eps: 1e-5, silu: true, lastUse: c.lastUse } });
+      expect(labels.some((l) => l.endsWith('into texture')), what).toBe(texture);
+      expect(x.released, what).toBe(Boolean(c.lastUse));
+      const got = await out.toArray();
+      expectClose(got, ref, c.m === 8 ? 3e-4 : 1e-4, what);
+      expect(Array.from(got), what).toEqual(Array.from(twoCalls));
+      for (const t of [x, w, gamma, beta, bias, residual, n, out]) if (t && !t.released) t.release();
+    };
+    try {
+      if (dev.kind === 'cpu') {
+        // every Winograd tile, edge tiles, batches, bias and residual, f16 weights, x released
+        await run({ B: 1, Ci: 8, Co: 12, H: 9, W: 12, k: 3, G: 2, m: 8, bias: true, residual: true }, true);
+        await run({ B: 2, Ci: 16, Co: 8, H: 10, W: 8, k: 3, G: 4, m: 4, lastUse: true }, true);
+        await run({ B: 1, Ci: 8, Co: 4, H: 5, W: 4, k: 3, G: 1, m: 2, bias: true }, true);
+        await run({ B: 1, Ci: 8, Co: 8, H: 7, W: 12, k: 3, G: 2, m: 6, residual: true }, true);
+        if (dev.hasF16) await run({ B: 2, Ci: 8, Co: 8, H: 8, W: 8, k: 3, G: 2, m: 4, f16: true, bias: true }, true);
+        // groupNorm's buffer, then the conv: groups of 2 channels (a texel holds 4), rows not a
+        // multiple of 4, stride 2, the switch off
+        await run({ B: 1, Ci: 8, Co: 4, H: 8, W: 8, k: 3, G: 4, m: 4, lastUse: true }, false);
+        await run({ B: 1, Ci: 8, Co: 4, H: 8, W: 11, k: 3, G: 2, m: 4 }, false);
+        await run({ B: 1, Ci: 8, Co: 4, H: 8, W: 8, k: 3, G: 2, stride: 2, bias: true }, false);
+        convTuning.normTexture = false;
+        await run({ B: 1, Ci: 8, Co: 12, H: 9, W: 12, k: 3, G: 2, m: 8, bias: true, residual: true }, false);
+        convTuning.normTexture = true;
+      }
+      await run({ B: 2, Ci: 8, Co: 4, H: 6, W: 8, k: 3, G: 2, variant: 'naive', lastUse: true, residual: true }, false);
+      const x = Tensor.fromArray(dev, randn(2 * 8 * 16, 1), [2, 8, 4, 4]);
+      const w = Tensor.fromArray(dev, randn(8 * 8 * 9, 2), [8, 8, 3, 3]);
+      const g = Tensor.fromArray(dev, randn(8, 3), [8]);
+      expect(() => conv2d(x, w, { padding: 1, residual: x, norm: { groups: 2, gamma: g, beta: g, eps: 1e-5, lastUse: true } })).toThrow(
+        'conv2d: norm.lastUse releases x (2x8x4x4), which is also the residual',
+      );
+      expect(() => conv2d(x, w, { padding: 1, norm: { groups: 3, gamma: g, beta: g, eps: 1e-5 } })).toThrow('8 channels of x (2x8x4x4) are not divisible into 3 groups');
+      for (const t of [x, w, g]) t.release();
+    } finally {
+      convTuning.normTexture = true;
+      delete (dev as { dispatch?: unknown }).dispatch;
+    }
   });
 
   it('names both shapes on a mismatch', async () => {

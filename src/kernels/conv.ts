@@ -12,6 +12,7 @@
 import { GpuError, Tensor, keep, grid1d, uniforms, shapeStr, type Device } from '../tensor/index.js';
 import { conv3x3Winograd, winogradApplies, winogradS2Applies, type WinogradArgs } from './winograd.js';
 import { convIm2col, im2colApplies } from './im2col.js';
+import { groupNorm, groupNormIntoTexture, groupNormTextureFits } from './norm.js';
 import {
   ACT_CODE, FLAG, buildShader, dispatchGpu2, dummy, gemmUniforms, gpuGemmTuning, maxBindingBytes, runGemm, subgroupsOf8, windowFor,
   type Act, type GemmParams, type MatmulVariant,
@@ -29,7 +30,38 @@ export interface Conv2dOptions {
   residual?: Tensor;
   act?: Act;
   variant?: ConvVariant;
+  /**
+   * GroupNorm (+ SiLU) of x first, as every diffusers resnet does before its convs:
+   * conv2d(x, w, { norm }) = conv2d(groupNorm(x, ...), w). Where the 'cpu' variant takes
+   * Winograd and groupNormTextureFits, the normalised x is written straight into the input
+   * transform's texture (convTuning.normTexture) instead of a buffer; elsewhere it is the
+   * two calls.
+   */
+  norm?: ConvNorm;
 }
+
+/** conv2d's `norm`: groupNorm(x, groups, gamma, beta, eps, { silu }). */
+export interface ConvNorm {
+  groups: number;
+  gamma: Tensor;
+  beta: Tensor;
+  eps: number;
+  silu?: boolean;
+  /**
+   * x's last use: released once its normalisation is recorded, so that it and the normalised
+   * copy are not both live during the conv (as `lastUse(x, groupNorm(x))` before a conv).
+   */
+  lastUse?: boolean;
+}
+
+/** Choices of conv2d. */
+export const convTuning = {
+  /**
+   * conv2d's `norm` into the Winograd input transform's texture (ELBO_CONV_NORM_TEX=0: groupNorm's
+   * buffer, then the conv). See winogradTiles for the input transform's figures.
+   */
+  normTexture: process.env.ELBO_CONV_NORM_TEX !== '0',
+};
 
 /** Kernel variants of conv2d, for `doctor` and tests. */
 export function convVariants(): string[] {
@@ -213,9 +245,40 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     }
   }
   const variant = opts.variant ?? dev.kind;
-  const out = Tensor.empty(dev, outShape, 'f32', 'conv2d out');
-  const label = `${op} ${shapeStr(x.shape)}*${shapeStr(wShape)}${stride > 1 ? ` s${stride}` : ''}${pt + pb + pl + pr ? ` p${pt},${pb},${pl},${pr}` : ''}`;
   const act = opts.act ?? 'none';
+  const convShape = { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act };
+  const label = `${op} ${shapeStr(x.shape)}*${shapeStr(wShape)}${stride > 1 ? ` s${stride}` : ''}${pt + pb + pl + pr ? ` p${pt},${pb},${pl},${pr}` : ''}`;
+  // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
+  const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
+  const norm = opts.norm;
+  if (norm?.lastUse && opts.residual === x) throw new GpuError(`${op}: norm.lastUse releases x ${shapeStr(x.shape)}, which is also the residual`);
+  if (norm) {
+    const byTexture = convTuning.normTexture && variant === 'cpu' && B > 0 && Co > 0 && groupNormTextureFits(x, norm.groups) &&
+      !winogradS2Applies(dev, convShape) && !im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep }) &&
+      winogradApplies(dev, convShape);
+    if (!byTexture) {
+      const n = groupNorm(x, norm.groups, norm.gamma, norm.beta, norm.eps, { silu: norm.silu, variant: opts.variant });
+      if (norm.lastUse) x.release();
+      try {
+        return conv2d(n, w, { ...opts, norm: undefined });
+      } finally {
+        n.release();
+      }
+    }
+    // The normalised x straight into the Winograd input transform's texture; x released (its
+    // last use) before out is made, so the two are not live together.
+    const tex = dev.allocTexture(W, H, (B * Ci) / 4, 'conv2d normalised x');
+    try {
+      groupNormIntoTexture(x, norm.groups, norm.gamma, norm.beta, norm.eps, Boolean(norm.silu), tex);
+      if (norm.lastUse) x.release();
+      const out = Tensor.empty(dev, outShape, 'f32', 'conv2d out');
+      conv3x3Winograd(dev, { xTex: tex, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, variant: 'cpu' });
+      return out;
+    } finally {
+      dev.freeTexture(tex);
+    }
+  }
+  const out = Tensor.empty(dev, outShape, 'f32', 'conv2d out');
   if (B === 0 || Co === 0) return out;
   if (Ci === 0) throw new GpuError(`${op}: x ${shapeStr(x.shape)} has no input channels`);
 
@@ -242,10 +305,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     return out;
   }
 
-  const convShape = { B, Ci, Co, H, W, kh, kw, stride, pads: [pt, pb, pl, pr], act };
   const winograd = (how: Pick<WinogradArgs, 's2' | 'variant'>): Tensor => {
-    // co, ci and tap strides of the weight as stored: prepared (ci, ky, kx, co) or (co, ci, ky, kx)
-    const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
     conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, ...how });
     return out;
   };

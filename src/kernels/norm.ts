@@ -6,6 +6,7 @@
 // NCHW, a row), so a tensor above the storage binding limit is handled by binding windows
 // over ranges of whole items.
 import { Device, GpuError, Tensor, fillTemplate, grid1d, loadShader, shapeStr, uniforms } from '../tensor/index.js';
+import { buildShader, textureBinding } from './matmul.js';
 
 export type NormVariant = 'naive' | 'cpu' | 'gpu';
 const VARIANTS: NormVariant[] = ['naive', 'cpu', 'gpu'];
@@ -97,6 +98,33 @@ function checkF32(op: string, name: string, t: Tensor): void {
 export function groupNorm(x: Tensor, groups: number, gamma: Tensor, beta: Tensor, eps: number, opts: GroupNormOptions = {}): Tensor {
   const op = 'groupNorm';
   const dev = x.device;
+  const { S, Cg, n, items } = groupNormSizes(op, x, groups, gamma, beta);
+  const variant = pickVariant(dev, op, opts.variant);
+  const y = Tensor.empty(dev, x.shape, 'f32', 'groupNorm out');
+  if (x.numel === 0) return y;
+  const vec = variant !== 'naive' && S % 4 === 0;
+  const wg = variant === 'gpu' ? 256 : 8;
+  const pipe =
+    variant === 'naive'
+      ? dev.pipeline('groupnorm_naive', () => loadShader('groupnorm_naive'))
+      : dev.pipeline(`groupnorm ${vec ? 'vec4' : 'f32'} wg${wg}`, () => groupNormShader(vec, wg, false));
+  const label = `groupNorm ${shapeStr(x.shape)} G${groups}${opts.silu ? ' silu' : ''}`;
+  for (const w of windows(dev, op, x, items, n)) {
+    const grid = variant === 'naive' ? grid1d(Math.ceil(w.items / 64)) : grid1d(w.items);
+    dev.dispatch({
+      label,
+      family: 'groupNorm',
+      pipeline: pipe,
+      uniforms: groupNormUniforms(w, n, S, Cg, groups, Boolean(opts.silu), eps, grid[0], 0),
+      bindings: [x.window(w.offset, w.size), gamma.binding(), beta.binding(), y.window(w.offset, w.size)],
+      workgroups: grid,
+    });
+  }
+  return y;
+}
+
+/** Checks groupNorm's operands; its sizes: S pixels, Cg channels per group, n = Cg S per item. */
+function groupNormSizes(op: string, x: Tensor, groups: number, gamma: Tensor, beta: Tensor): { B: number; C: number; S: number; Cg: number; n: number; items: number } {
   checkF32(op, 'x', x);
   checkF32(op, 'gamma', gamma);
   checkF32(op, 'beta', beta);
@@ -108,36 +136,60 @@ export function groupNorm(x: Tensor, groups: number, gamma: Tensor, beta: Tensor
   if (gamma.numel !== C || beta.numel !== C) {
     throw new GpuError(`${op}: gamma ${shapeStr(gamma.shape)} and beta ${shapeStr(beta.shape)} must have ${C} elements for x ${shapeStr(x.shape)}`);
   }
-  const variant = pickVariant(dev, op, opts.variant);
   const S = x.numel / Math.max(1, B * C);
   const Cg = C / groups;
-  const n = Cg * S;
-  const items = B * groups;
-  const y = Tensor.empty(dev, x.shape, 'f32', 'groupNorm out');
-  if (x.numel === 0) return y;
-  const vec = variant !== 'naive' && S % 4 === 0;
-  const wg = variant === 'gpu' ? 256 : 8;
-  const pipe =
-    variant === 'naive'
-      ? dev.pipeline('groupnorm_naive', () => loadShader('groupnorm_naive'))
-      : dev.pipeline(`groupnorm ${vec ? 'vec4' : 'f32'} wg${wg}`, () => shader('groupnorm', vec, wg));
-  const label = `groupNorm ${shapeStr(x.shape)} G${groups}${opts.silu ? ' silu' : ''}`;
-  for (const w of windows(dev, op, x, items, n)) {
-    const grid = variant === 'naive' ? grid1d(Math.ceil(w.items / 64)) : grid1d(w.items);
-    dev.dispatch({
-      label,
-      family: 'groupNorm',
-      pipeline: pipe,
-      uniforms: uniforms([
-        ['u', w.items], ['u', n], ['u', S], ['u', Cg],
-        ['u', groups], ['u', w.item0], ['u', w.base], ['u', opts.silu ? 1 : 0],
-        ['f', eps], ['u', grid[0]],
-      ]),
-      bindings: [x.window(w.offset, w.size), gamma.binding(), beta.binding(), y.window(w.offset, w.size)],
-      workgroups: grid,
-    });
-  }
-  return y;
+  return { B, C, S, Cg, n: Cg * S, items: B * groups };
+}
+
+function groupNormShader(vec: boolean, wg: number, tex: boolean): string {
+  return buildShader('groupnorm', { OUT_TEX: tex }, { V: vec ? 'vec4<f32>' : 'f32', W: vec ? 4 : 1, WG: wg, HELPERS: helpers(vec) });
+}
+
+function groupNormUniforms(w: Window, n: number, S: number, Cg: number, groups: number, silu: boolean, eps: number, nx: number, imgW: number): ArrayBuffer {
+  return uniforms([
+    ['u', w.items], ['u', n], ['u', S], ['u', Cg],
+    ['u', groups], ['u', w.item0], ['u', w.base], ['u', silu ? 1 : 0],
+    ['f', eps], ['u', nx], ['u', imgW], ['u', 0],
+  ]);
+}
+
+/**
+ * Whether groupNormIntoTexture takes x (B, C, H, W): the 'cpu' kernel, W a multiple of 4 and
+ * groups of a multiple of 4 channels (a texel's four channels in one group), x within one
+ * storage binding, and the (W, H, B C / 4) texture within the adapter's limits.
+ */
+export function groupNormTextureFits(x: Tensor, groups: number): boolean {
+  const dev = x.device;
+  if (x.rank !== 4 || dev.kind !== 'cpu') return false;
+  const [B, C, H, W] = x.shape as [number, number, number, number];
+  const limit = Math.min(dev.limits.maxStorageBufferBindingSize, maxBindingOverride ?? Infinity);
+  return W % 4 === 0 && C % groups === 0 && (C / groups) % 4 === 0 && x.numel * 4 <= limit && x.numel > 0 &&
+    W <= dev.limits.maxTextureDimension2D && H <= dev.limits.maxTextureDimension2D && (B * C) / 4 <= dev.limits.maxTextureArrayLayers;
+}
+
+/**
+ * groupNorm (+ SiLU) of x (B, C, H, W) written into `tex`, a (W, H, B C / 4) rgba32float
+ * texture (dev.allocTexture) whose texel (col, row, b C / 4 + c / 4) holds channels c .. c + 3
+ * of one pixel: the layout the Winograd input transform reads (X_TEX). The values are
+ * groupNorm's, bit for bit. Only where groupNormTextureFits.
+ */
+export function groupNormIntoTexture(x: Tensor, groups: number, gamma: Tensor, beta: Tensor, eps: number, silu: boolean, tex: GPUTexture): void {
+  const op = 'groupNorm';
+  const dev = x.device;
+  const { S, Cg, n, items } = groupNormSizes(op, x, groups, gamma, beta);
+  if (!groupNormTextureFits(x, groups)) throw new GpuError(`${op}: x ${shapeStr(x.shape)} with ${groups} groups cannot be written into a texture (see groupNormTextureFits)`);
+  const wg = 8;
+  const pipe = dev.pipeline(`groupnorm vec4 wg${wg} tex`, () => groupNormShader(true, wg, true));
+  const w: Window = { item0: 0, items, offset: 0, size: x.numel * 4, base: 0 };
+  const grid = grid1d(items);
+  dev.dispatch({
+    label: `groupNorm ${shapeStr(x.shape)} G${groups}${silu ? ' silu' : ''} into texture`,
+    family: 'groupNorm',
+    pipeline: pipe,
+    uniforms: groupNormUniforms(w, n, S, Cg, groups, silu, eps, grid[0], x.shape[3]!),
+    bindings: [x.binding(), gamma.binding(), beta.binding(), null, textureBinding(tex)],
+    workgroups: grid,
+  });
 }
 
 // ------------------------------------------------------------------ layerNorm

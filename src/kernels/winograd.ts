@@ -14,7 +14,7 @@
 // Used by conv2d's 'cpu' variant where it pays (see winogradApplies), and by its 'gpu' variant
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
-import { Tensor, byteSizeOf, grid1d, uniforms, type Device } from '../tensor/index.js';
+import { GpuError, Tensor, byteSizeOf, grid1d, uniforms, type Device } from '../tensor/index.js';
 import { FLAG, buildShader, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
 
 /** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
@@ -225,7 +225,14 @@ export function setWinogradMinTiles(n: number | undefined): void {
 }
 
 export interface WinogradArgs {
-  x: Tensor; // (B, Ci, H, W) f32
+  /** (B, Ci, H, W) f32; or, stride 1 on the 'cpu' variant only, xTex */
+  x?: Tensor;
+  /**
+   * The input as a (W, H, B Ci / 4) rgba32float texture, texel (col, row, b Ci / 4 + c / 4)
+   * holding channels c .. c + 3 of one pixel (groupNormIntoTexture): the input transform
+   * fetches a patch point of four channels at once (X_TEX in winograd_input.wgsl).
+   */
+  xTex?: GPUTexture;
   w: Tensor; // weight data, f32 or f16
   /** element strides of co, ci and tap (3 * ky + kx) in w */
   wStrides: [number, number, number];
@@ -334,6 +341,9 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
 
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W, s2 } = g;
+  if (!g.x === !g.xTex || (g.xTex && (s2 || g.variant === 'gpu'))) {
+    throw new GpuError(`${g.label}: the Winograd conv takes x or, stride 1 on the cpu variant, xTex; got ${g.x ? 'x' : 'no x'} and ${g.xTex ? 'xTex' : 'no xTex'}${s2 ? ' with s2' : ''}`);
+  }
   const f16 = w.dtype === 'f16';
   const al = s2 ? S2_ALGOS[winogradS2TileFor(B, H / 2, W / 2)] : winogradAlgo(dev, B, H, W, Ci, Co);
   // the batched matmul's K: input channels, or with s2 their four phases
@@ -397,8 +407,9 @@ interface TilePlan { al: Algo; K: number; Ho: number; Wo: number }
 
 /** Input transform, batched matmul and output transform of tiles [t0, t0 + nt), channels [co0, co0 + nco). */
 function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
-  const { x, out, B, Ci, Co, H, W, s2 } = g;
+  const { out, B, Ci, Co, H, W, s2 } = g;
   const { al, K, Ho, Wo } = plan;
+  const x = g.x ?? dummy(dev);
   const tx = Math.ceil(Wo / al.m);
   // 4x4 and 8x8 tiles on rows of a multiple of 4: each tile row is one or two aligned vec4 of
   // x and of out; 6x6 tiles on rows of even length: three aligned vec2 (with s2, of out only)
@@ -418,6 +429,18 @@ function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, 
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', Ho], ['u', 0], ['u', 0]]),
         bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
+      });
+    } else if (g.xTex) {
+      // x from groupNormIntoTexture's texture: one fetch per patch point of four channels
+      // where the buffer path loads a patch row per channel. 128->128 at 512x512, F(8x8), GPU
+      // timestamps: input transform 124 -> 78 ms (256->256 at 256x256 56 -> 46, 512->512 at
+      // 128x128 29 -> 20, at 64x64 11 -> 4.4).
+      const pipeline = dev.pipeline(`winograd_input:${al.key}:xtex`, () => winoShader(al, 'input', { X_TEX: true }));
+      const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
+      dev.dispatch({
+        label: `${g.label} winograd input`, family: 'winograd input', pipeline,
+        uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
+        bindings: [null, v.binding(), null, textureBinding(g.xTex)], workgroups: [nx, ny],
       });
     } else {
       const pipeline = dev.pipeline(`winograd_input:${al.key}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));

@@ -26,6 +26,7 @@ import {
   transpose,
   upsampleNearest2x,
 } from '../kernels/index.js';
+import type { ConvNorm } from '../kernels/conv.js';
 import { Tensor, lastUse, scope, shapeStr, type Device } from '../tensor/index.js';
 import { OwnedWeights, WeightLoader, cfg, type WeightSource, isBool, isInt, isIntList, isNum, isStrList, oneOf, type WeightOptions } from './weights.js';
 
@@ -102,8 +103,8 @@ class Conv {
     return new Conv(w.replace(raw, prepareConvWeight(raw)), w.load(`${p}.bias`, [co]));
   }
   /** (B, Ci, H, W) -> (B, Co, H', W'); `residual` is added after the bias. */
-  forward(x: Tensor, opts: { stride?: number; padding?: number | readonly [number, number, number, number]; residual?: Tensor } = {}): Tensor {
-    return conv2d(x, this.weight, { bias: this.bias, stride: opts.stride, padding: opts.padding ?? (convWeightShape(this.weight)[2]! >> 1), residual: opts.residual });
+  forward(x: Tensor, opts: { stride?: number; padding?: number | readonly [number, number, number, number]; residual?: Tensor; norm?: ConvNorm } = {}): Tensor {
+    return conv2d(x, this.weight, { bias: this.bias, stride: opts.stride, padding: opts.padding ?? (convWeightShape(this.weight)[2]! >> 1), residual: opts.residual, norm: opts.norm });
   }
 }
 
@@ -118,6 +119,10 @@ class GroupNorm {
   }
   forward(x: Tensor, silu = false): Tensor {
     return groupNorm(x, this.groups, this.weight, this.bias, EPS, { silu });
+  }
+  /** This norm (+ SiLU) as conv2d's `norm` option: the conv normalises its input first. */
+  beforeConv(lastUse = false): ConvNorm {
+    return { groups: this.groups, gamma: this.weight, beta: this.bias, eps: EPS, silu: true, lastUse };
   }
 }
 
@@ -143,13 +148,11 @@ class ResnetBlock2D {
     // Each intermediate is released as soon as its consumer is recorded: at 512x512 the
     // decoder's last block has 256 MiB inputs and 128 MiB intermediates.
     return scope(() => {
-      const n1 = this.norm1.forward(x, true);
-      const h = this.conv1.forward(n1);
-      n1.release();
-      const n2 = this.norm2.forward(h, true);
-      h.release();
+      // silu(norm(.)) is each conv's `norm`: on the cpu variant it goes straight into the
+      // Winograd input transform's texture (conv2d).
+      const h = this.conv1.forward(x, { norm: this.norm1.beforeConv() });
       const shortcut = this.convShortcut ? this.convShortcut.forward(x) : x;
-      return this.conv2.forward(n2, { residual: shortcut });
+      return this.conv2.forward(h, { residual: shortcut, norm: this.norm2.beforeConv(true) });
     });
   }
 }
@@ -272,7 +275,7 @@ class Encoder {
       if (b.downsampler) h = lastUse(h, downsample(b.downsampler, h));
     }
     h = lastUse(h, this.midBlock.forward(h));
-    return lastUse(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
+    return lastUse(h, scope(() => this.convOut.forward(h, { norm: this.convNormOut.beforeConv() })));
   }
 }
 
@@ -314,7 +317,7 @@ class Decoder {
       // Upsample2D: nearest 2x, then a 3x3 conv
       if (b.upsampler) h = lastUse(h, scope(() => b.upsampler!.forward(upsampleNearest2x(h))));
     }
-    return lastUse(h, scope(() => this.convOut.forward(this.convNormOut.forward(h, true))));
+    return lastUse(h, scope(() => this.convOut.forward(h, { norm: this.convNormOut.beforeConv() })));
   }
 }
 

@@ -82,3 +82,28 @@ export function unravel(i: number, shape: readonly number[], idx: number[]): voi
 export function prod(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
+
+/** torch.nn.GroupNorm in f64: biased variance, eps inside the sqrt. */
+export function refGroupNorm(x: Float32Array, B: number, C: number, S: number, G: number, gamma: Float32Array, beta: Float32Array, eps: number, silu: boolean): Float64Array {
+  const y = new Float64Array(x.length);
+  const Cg = C / G;
+  const n = Cg * S;
+  for (let b = 0; b < B; b++) {
+    for (let g = 0; g < G; g++) {
+      const off = (b * C + g * Cg) * S;
+      let s = 0;
+      for (let e = 0; e < n; e++) s += x[off + e]!;
+      const mean = s / n;
+      let v = 0;
+      for (let e = 0; e < n; e++) v += (x[off + e]! - mean) ** 2;
+      const rstd = 1 / Math.sqrt(v / n + eps);
+      for (let e = 0; e < n; e++) {
+        const c = g * Cg + Math.floor(e / S);
+        let o = (x[off + e]! - mean) * rstd * gamma[c]! + beta[c]!;
+        if (silu) o = o / (1 + Math.exp(-o));
+        y[off + e] = o;
+      }
+    }
+  }
+  return y;
+}
