@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 import { getDevice } from './helpers/gpu.js';
 import { winogradTuning } from '../src/kernels/winograd.js';
+import { convTuning } from '../src/kernels/conv.js';
 
 describe('doctor', () => {
   it('prints the adapter, its features and limits, and the kernel choices in use', async () => {
@@ -37,6 +38,7 @@ describe('doctor', () => {
 
     winogradTuning.f16U = false;
     winogradTuning.s2 = false;
+    convTuning.normTexture = false;
     try {
       const json = await runCli(['doctor', '--json']);
       const r = JSON.parse(json.out) as { kind: string; limits: Record<string, number>; poolCapMb: number; maxBatch: number; kernels: Record<string, { inUse: string }>; cpuKernels: Record<string, unknown> };
@@ -45,10 +47,11 @@ describe('doctor', () => {
       expect(r.maxBatch).toBe(dev.maxBatch);
       expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
       expect(r.kernels.attention!.inUse).toBe(dev.kind);
-      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, winogradF8: true, winogradS2: 'off', matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32', attentionTileWide: '4x32', im2colStride1MaxPixels: 64 });
+      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, winogradF8: true, winogradS2: 'off', matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32', attentionTileWide: '4x32', im2colStride1MaxPixels: 64, convNormTexture: false });
     } finally {
       winogradTuning.f16U = true;
       winogradTuning.s2 = true;
+      convTuning.normTexture = true;
     }
   });
 });
