@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor } from '../src/tensor/index.js';
-import { groupNorm, layerNorm, normVariants, setNormMaxBindingBytes, softmax, type NormVariant } from '../src/kernels/norm.js';
+import { groupNorm, groupNormIntoTexture, groupNormTextureFits, layerNorm, normVariants, setNormMaxBindingBytes, softmax, type NormVariant } from '../src/kernels/norm.js';
 import { expectClose, getDevice, randn } from './helpers/gpu.js';
 import { refGroupNorm } from './helpers/cpuref.js';
 
@@ -112,6 +112,12 @@ describe('groupNorm', () => {
     expect(() => groupNorm(x, 3, g5, g, 1e-5)).toThrow(/gamma \(5\) and beta \(6\) must have 6 elements for x \(1x6x4x4\)/);
     setNormMaxBindingBytes(64);
     expect(() => groupNorm(x, 1, g, g, 1e-5)).toThrow(/exceeds the storage binding limit/);
+    setNormMaxBindingBytes(undefined);
+    // into a texture: groups of 3 channels cannot fill a texel's 4 (conv2d then takes the buffer)
+    const tex = dev.allocTexture(4, 4, 2, 'test texture');
+    expect(groupNormTextureFits(x, 2)).toBe(false);
+    expect(() => groupNormIntoTexture(x, 2, g, g, 1e-5, true, tex)).toThrow('groupNorm: x (1x6x4x4) with 2 groups cannot be written into a texture (see groupNormTextureFits)');
+    dev.freeTexture(tex);
     for (const t of [x, g, g5]) t.release();
   });
 });
