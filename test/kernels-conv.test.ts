@@ -2,9 +2,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Tensor, roundToF16, type Device } from '../src/tensor/index.js';
 import { conv2d, convTuning, prepareConvWeight } from '../src/kernels/conv.js';
 import { groupNorm } from '../src/kernels/norm.js';
-import { setWinogradMinTiles, setWinogradTile, uFloor, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
+import { chunkTiles, setWinogradMinTiles, setWinogradTile, uFloor, winogradS2TileFor, winogradTileFor, winogradTuning } from '../src/kernels/winograd.js';
 import { im2colTuning, s1PixelsFrom } from '../src/kernels/im2col.js';
-import { setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
+import { cpuGemmRowBlock, cpuGemmTuning, setMaxBindingBytes, type Act } from '../src/kernels/matmul.js';
 import { getDevice, randn, expectClose } from './helpers/gpu.js';
 import { refGroupNorm } from './helpers/cpuref.js';
 import { asVariant, gemmVariants, type TestVariant } from './helpers/variants.js';
@@ -482,9 +482,33 @@ describe('conv2d', () => {
     winogradTuning.chunkBytes = 20 * 1024;
     try {
       expect(await check('cpu', { B: 1, Ci: 16, Co: 12, H: 27, W: 25, k: 3, pad: 1, bias: true, act: 'silu' })).toBe(29);
+      // chunks rounded to the matmul's row block (48 rows with f32 b): F(2x2) at 24x24 is 144
+      // tiles of 512 bytes of V; at most 100 a chunk gives two chunks, 96 and 48 tiles (72 and
+      // 72 without the rounding), the same dispatches
+      setWinogradTile(2);
+      winogradTuning.chunkBytes = 100 * 512;
+      const c = { B: 1, Ci: 8, Co: 8, H: 24, W: 24, k: 3, pad: 1, bias: true, residual: true } as const;
+      const rounded = await check('cpu', c);
+      winogradTuning.rowBlockChunks = false;
+      expect(await check('cpu', c)).toBe(rounded);
     } finally {
       winogradTuning.chunkBytes = saved;
+      winogradTuning.rowBlockChunks = true;
     }
+  });
+
+  it('cpu: chunks of Winograd tiles are whole row blocks of the matmul where the cap allows', async () => {
+    dev = await getDevice();
+    // the VAE encoder's 256x256 level (1024 tiles, at most 327 a chunk), its 512x512 level
+    // (4096, 655) and its 128x128 level (256, 163)
+    expect(chunkTiles(1024, 327, 48)).toBe(288);
+    expect(chunkTiles(4096, 655, 48)).toBe(624);
+    expect(chunkTiles(256, 163, 48)).toBe(144);
+    expect(chunkTiles(1024, 327, 1)).toBe(256);
+    // rounding up would pass the cap: equal chunks as before; one chunk: all tiles
+    expect(chunkTiles(64, 24, 48)).toBe(22);
+    expect(chunkTiles(10, 100, 48)).toBe(10);
+    if (dev.kind === 'cpu' && dev.features.subgroups) expect(cpuGemmRowBlock(dev, 'f32')).toBe(8 * cpuGemmTuning.sgTile.TM);
   });
 
   it('cpu: prepareConvWeight leaves 3x3 weights with channels in multiples of 4 as stored (Winograd and im2col read them so)', async () => {

@@ -12,7 +12,7 @@
 // [v0, g0, v1, g1, ...] (gluInterleave() re-lays a checkpoint's chunked weight once, at
 // load), so the two columns of a pair are neighbours in every variant's register block
 // and the kernel writes out (..., M, N/2) = value * gelu(gate) directly.
-import { GpuError, Tensor, keep, loadShader, fillTemplate, grid1d, uniforms, shapeStr, type Binding, type BufferBinding, type Device } from '../tensor/index.js';
+import { GpuError, Tensor, keep, loadShader, fillTemplate, grid1d, uniforms, shapeStr, type Binding, type BufferBinding, type DType, type Device } from '../tensor/index.js';
 import { cast, stridedMap } from './elementwise.js';
 
 export type Act = 'none' | 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu';
@@ -319,6 +319,16 @@ export function subgroupsOf8(dev: Device): boolean {
   if (!dev.features.subgroups) return false;
   const info = (dev.gpu as unknown as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
   return (info?.subgroupMinSize ?? 0) >= 8;
+}
+/**
+ * Rows of a that one workgroup of the cpu kernel covers on a long problem (8 lanes x the tile's
+ * rows per lane), with a from its texture and b in the nn.Linear layout (SG_B) where the
+ * adapter has subgroups: the Winograd matmuls round their chunks of tiles to it.
+ */
+export function cpuGemmRowBlock(dev: Device, bDtype: DType): number {
+  const sg = !COL_LANES && SG && subgroupsOf8(dev);
+  const tile = TILE_OVERRIDE ?? (!sg ? CPU_TILE : !cpuGemmTuning.aTexture ? cpuGemmTuning.sgTileBuffer : bDtype === 'f16' ? cpuGemmTuning.sgTileF16 : cpuGemmTuning.sgTile);
+  return 8 * tile.TM;
 }
 const GPU_TILE = 64;
 

@@ -15,7 +15,7 @@
 // with gpuGemmTuning.winograd; the direct kernel stays the reference path and covers every
 // other case.
 import { GpuError, Tensor, byteSizeOf, grid1d, uniforms, type Device } from '../tensor/index.js';
-import { FLAG, buildShader, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
+import { FLAG, buildShader, cpuGemmRowBlock, cpuGemmTuning, dummy, gpuGemmTuning, maxBindingBytes, runGemm, textureBinding, textureHolds, type Act } from './matmul.js';
 
 /** Output 2x2 tiles below which the direct kernel is used (per-call weight transform dominates). */
 const DEFAULT_MIN_TILES = Number(process.env.ELBO_WINOGRAD_MIN_TILES ?? 16);
@@ -54,6 +54,11 @@ export const winogradTuning = {
    * adapter, one storage binding on a GPU. V, its texture copy and M are made per chunk.
    */
   chunkBytes: undefined as number | undefined,
+  /**
+   * On a CPU adapter, chunks of tiles rounded up to whole row blocks of the matmul (chunkTiles;
+   * ELBO_WINOGRAD_ROWBLOCK=0: chunks of equal size).
+   */
+  rowBlockChunks: process.env.ELBO_WINOGRAD_ROWBLOCK !== '0',
   /** cpu kernel: M goes through a texture (ELBO_WINOGRAD_MTEX=0: a buffer), see winogradTiles. */
   mTexture: process.env.ELBO_WINOGRAD_MTEX !== '0',
   /** Stride-2 convs by Winograd on the input's phases (ELBO_WINOGRAD_S2=0: im2col), see winogradS2Applies. */
@@ -339,6 +344,25 @@ function tilesPerChunk(lim: number, aa: number, Ci: number, Co: number): number 
   return Math.floor(lim / (aa * 4 * Math.max(Ci, Co)));
 }
 
+/**
+ * Tiles per chunk for `tiles` tiles at most `maxPer` to a chunk: as many chunks as needed, of
+ * equal size (a small last chunk would make a ragged matmul of its own), each rounded up to a
+ * whole number of the matmul's row blocks where that stays within maxPer (the chunk count
+ * cannot grow; the last chunk takes the rest). The cpu matmul covers 48 rows per workgroup
+ * with f32 b: the VAE encoder's 256x256 level went from four chunks of 256 tiles (six row
+ * blocks each, the last one 1/3 full) to 288, 288, 288 and 160; 256->256 there 313 -> 283-299
+ * ms per conv, alternated. The encoder in one process, eight alternated pairs, GPU timestamps:
+ * Winograd matmuls 3124-3332 -> 3030-3170 ms (2.6-3% less), all kernels 0.5-1.6% less; its
+ * wall time moved within the noise.
+ */
+export function chunkTiles(tiles: number, maxPer: number, rowBlock: number): number {
+  const chunks = Math.ceil(tiles / maxPer);
+  const per = Math.ceil(tiles / chunks);
+  if (chunks === 1 || rowBlock <= 1) return per;
+  const up = Math.ceil(per / rowBlock) * rowBlock;
+  return up <= maxPer ? up : per;
+}
+
 export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const { w, B, Ci, Co, H, W, s2 } = g;
   if (!g.x === !g.xTex || (g.xTex && (s2 || g.variant === 'gpu'))) {
@@ -361,9 +385,8 @@ export function conv3x3Winograd(dev: Device, g: WinogradArgs): void {
   const lim = maxBindingBytes(dev);
   const coc = coPerChunk(lim, aa, K, Co);
   const chunk = Math.min(lim, winogradTuning.chunkBytes ?? (dev.hostMemory ? CPU_CHUNK_BYTES : lim));
-  // Chunks of equal size (a small last chunk would make a ragged matmul of its own).
-  const chunks = Math.ceil(tiles / Math.max(1, tilesPerChunk(chunk, aa, K, coc)));
-  const per = Math.ceil(tiles / chunks);
+  const rowBlock = dev.hostMemory && (g.variant ?? 'cpu') === 'cpu' && winogradTuning.rowBlockChunks ? cpuGemmRowBlock(dev, uH ? 'f16' : 'f32') : 1;
+  const per = chunkTiles(tiles, Math.max(1, tilesPerChunk(chunk, aa, K, coc)), rowBlock);
   for (let co0 = 0; co0 < Co; co0 += coc) {
     const nco = Math.min(coc, Co - co0);
     const uType = uH ? 'f16' : 'f32';
