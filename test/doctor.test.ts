@@ -47,7 +47,7 @@ describe('doctor', () => {
       expect(r.maxBatch).toBe(dev.maxBatch);
       expect(r.limits.maxBufferSize).toBe(dev.limits.maxBufferSize);
       expect(r.kernels.attention!.inUse).toBe(dev.kind);
-      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, winogradF8: true, winogradS2: 'off', matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32', attentionTileWide: '4x32', im2colStride1MaxPixels: 64, convNormTexture: false });
+      expect(r.cpuKernels).toMatchObject({ winogradF16U: false, winogradF8: true, winogradS2: 'off', matmulTile: '6x8', matmulTileF16: '8x8', matmulF16K4: true, attentionTile: '8x32', attentionTileWide: '4x32', im2colStride1MaxPixels: 64, convNormTexture: false, winogradRowBlockChunks: true });
     } finally {
       winogradTuning.f16U = true;
       winogradTuning.s2 = true;

@@ -42,6 +42,7 @@ export async function runDoctor(args: string[]): Promise<number> {
     winogradS2: !winogradTuning.s2 ? 'off' : winogradTuning.s2Tile ? `F(${winogradTuning.s2Tile}x${winogradTuning.s2Tile}, 2x2)` : 'F(8x8, 2x2) / F(4x4, 2x2)',
     im2colStride1MaxPixels: im2colTuning.s1MaxPixels,
     convNormTexture: convTuning.normTexture,
+    winogradRowBlockChunks: winogradTuning.rowBlockChunks,
   };
   const report = {
     adapter: dev.adapter,
@@ -90,7 +91,8 @@ export async function runDoctor(args: string[]): Promise<number> {
       `3x3 convs by Winograd ${on(c.winograd)} (ELBO_WINOGRAD), F(8x8) on large images ${on(c.winogradF8)} (ELBO_WINOGRAD_F8), ` +
       `f16 U for f16 weights ${on(c.winogradF16U)} (ELBO_WINOGRAD_F16U), stride-2 downsamplers by ${c.winogradS2} (ELBO_WINOGRAD_S2), ` +
       `stride-1 convs on up to ${c.im2colStride1MaxPixels} pixels per call by im2col + matmul (ELBO_IM2COL_S1_PIXELS), ` +
-      `conv2d's GroupNorm into the Winograd input's texture ${on(c.convNormTexture)} (ELBO_CONV_NORM_TEX)`,
+      `conv2d's GroupNorm into the Winograd input's texture ${on(c.convNormTexture)} (ELBO_CONV_NORM_TEX), ` +
+      `Winograd chunks in whole matmul row blocks ${on(c.winogradRowBlockChunks)} (ELBO_WINOGRAD_ROWBLOCK)`,
   );
   return 0;
 }
