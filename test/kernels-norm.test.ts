@@ -117,8 +117,14 @@ describe('groupNorm', () => {
     const tex = dev.allocTexture(4, 4, 2, 'test texture');
     expect(groupNormTextureFits(x, 2)).toBe(false);
     expect(() => groupNormIntoTexture(x, 2, g, g, 1e-5, true, tex)).toThrow('groupNorm: x (1x6x4x4) with 2 groups cannot be written into a texture (see groupNormTextureFits)');
+    const x8 = Tensor.zeros(dev, [1, 8, 4, 8]);
+    const g8 = Tensor.zeros(dev, [8]);
+    if (groupNormTextureFits(x8, 2)) {
+      // a texture of another size: named, nothing written out of its bounds
+      expect(() => groupNormIntoTexture(x8, 2, g8, g8, 1e-5, true, tex)).toThrow('groupNorm: x (1x8x4x8) needs a 8x4x2 texture, got 4x4x2');
+    }
     dev.freeTexture(tex);
-    for (const t of [x, g, g5]) t.release();
+    for (const t of [x, g, g5, x8, g8]) t.release();
   });
 });
 

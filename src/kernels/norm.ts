@@ -124,7 +124,7 @@ export function groupNorm(x: Tensor, groups: number, gamma: Tensor, beta: Tensor
 }
 
 /** Checks groupNorm's operands; its sizes: S pixels, Cg channels per group, n = Cg S per item. */
-function groupNormSizes(op: string, x: Tensor, groups: number, gamma: Tensor, beta: Tensor): { B: number; C: number; S: number; Cg: number; n: number; items: number } {
+function groupNormSizes(op: string, x: Tensor, groups: number, gamma: Tensor, beta: Tensor): { S: number; Cg: number; n: number; items: number } {
   checkF32(op, 'x', x);
   checkF32(op, 'gamma', gamma);
   checkF32(op, 'beta', beta);
@@ -138,7 +138,7 @@ function groupNormSizes(op: string, x: Tensor, groups: number, gamma: Tensor, be
   }
   const S = x.numel / Math.max(1, B * C);
   const Cg = C / groups;
-  return { B, C, S, Cg, n: Cg * S, items: B * groups };
+  return { S, Cg, n: Cg * S, items: B * groups };
 }
 
 function groupNormShader(vec: boolean, wg: number, tex: boolean): string {
@@ -178,6 +178,10 @@ export function groupNormIntoTexture(x: Tensor, groups: number, gamma: Tensor, b
   const dev = x.device;
   const { S, Cg, n, items } = groupNormSizes(op, x, groups, gamma, beta);
   if (!groupNormTextureFits(x, groups)) throw new GpuError(`${op}: x ${shapeStr(x.shape)} with ${groups} groups cannot be written into a texture (see groupNormTextureFits)`);
+  const [B, C, H, W] = x.shape as [number, number, number, number];
+  if (tex.width !== W || tex.height !== H || tex.depthOrArrayLayers !== (B * C) / 4) {
+    throw new GpuError(`${op}: x ${shapeStr(x.shape)} needs a ${W}x${H}x${(B * C) / 4} texture, got ${tex.width}x${tex.height}x${tex.depthOrArrayLayers}`);
+  }
   const wg = 8;
   const pipe = dev.pipeline(`groupnorm vec4 wg${wg} tex`, () => groupNormShader(true, wg, true));
   const w: Window = { item0: 0, items, offset: 0, size: x.numel * 4, base: 0 };
