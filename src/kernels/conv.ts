@@ -252,10 +252,12 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const wStrides: [number, number, number] = isPrep ? [1, 9 * Co, Co] : [Ci * 9, 9, 1];
   const norm = opts.norm;
   if (norm?.lastUse && opts.residual === x) throw new GpuError(`${op}: norm.lastUse releases x ${shapeStr(x.shape)}, which is also the residual`);
+  // The 'cpu' variant's paths ahead of Winograd (1x1 convs take neither)
+  const s2Path = variant === 'cpu' && winogradS2Applies(dev, convShape);
+  const im2colPath = variant === 'cpu' && !s2Path && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep });
   if (norm) {
-    const byTexture = convTuning.normTexture && variant === 'cpu' && B > 0 && Co > 0 && groupNormTextureFits(x, norm.groups) &&
-      !winogradS2Applies(dev, convShape) && !im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep }) &&
-      winogradApplies(dev, convShape);
+    const byTexture = convTuning.normTexture && variant === 'cpu' && Co > 0 && groupNormTextureFits(x, norm.groups) &&
+      !s2Path && !im2colPath && winogradApplies(dev, convShape);
     if (!byTexture) {
       const n = groupNorm(x, norm.groups, norm.gamma, norm.beta, norm.eps, { silu: norm.silu, variant: opts.variant });
       if (norm.lastUse) x.release();
@@ -309,8 +311,8 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     conv3x3Winograd(dev, { x, w, wStrides, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, label, ...how });
     return out;
   };
-  if (variant === 'cpu' && winogradS2Applies(dev, convShape)) return winograd({ s2: true });
-  if (variant === 'cpu' && im2colApplies(dev, { B, Ci, H, W, kh, kw, stride, wDtype: w.dtype, prepared: isPrep })) {
+  if (s2Path) return winograd({ s2: true });
+  if (im2colPath) {
     convIm2col(dev, { x, w, prepared: isPrep, out, bias: opts.bias, residual: opts.residual, act, B, Ci, Co, H, W, Ho, Wo, kh, kw, stride, pt, pl, label });
     return out;
   }

@@ -432,7 +432,8 @@ interface TilePlan { al: Algo; K: number; Ho: number; Wo: number }
 function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, co0: number, nco: number, t0: number, nt: number): void {
   const { out, B, Ci, Co, H, W, s2 } = g;
   const { al, K, Ho, Wo } = plan;
-  const x = g.x ?? dummy(dev);
+  // conv3x3Winograd has checked that x is given wherever xTex is not
+  const x = (): Tensor => g.x!;
   const tx = Math.ceil(Wo / al.m);
   // 4x4 and 8x8 tiles on rows of a multiple of 4: each tile row is one or two aligned vec4 of
   // x and of out; 6x6 tiles on rows of even length: three aligned vec2 (with s2, of out only)
@@ -451,27 +452,23 @@ function winogradTiles(dev: Device, g: WinogradArgs, plan: TilePlan, u: Tensor, 
       dev.dispatch({
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', Ho], ['u', 0], ['u', 0]]),
-        bindings: [x.binding(), v.binding()], workgroups: [nx, ny],
-      });
-    } else if (g.xTex) {
-      // x from groupNormIntoTexture's texture: one fetch per patch point of four channels
-      // where the buffer path loads a patch row per channel. 128->128 at 512x512, F(8x8), GPU
-      // timestamps: input transform 124 -> 78 ms (256->256 at 256x256 56 -> 46, 512->512 at
-      // 128x128 29 -> 20, at 64x64 11 -> 4.4).
-      const pipeline = dev.pipeline(`winograd_input:${al.key}:xtex`, () => winoShader(al, 'input', { X_TEX: true }));
-      const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
-      dev.dispatch({
-        label: `${g.label} winograd input`, family: 'winograd input', pipeline,
-        uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-        bindings: [null, v.binding(), null, textureBinding(g.xTex)], workgroups: [nx, ny],
+        bindings: [x().binding(), v.binding()], workgroups: [nx, ny],
       });
     } else {
-      const pipeline = dev.pipeline(`winograd_input:${al.key}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
+      // With xTex, x comes from groupNormIntoTexture's texture: one fetch per patch point of
+      // four channels where the buffer path loads a patch row per channel. 128->128 at
+      // 512x512, F(8x8), GPU timestamps: input transform 124 -> 78 ms (256->256 at 256x256
+      // 56 -> 46, 512->512 at 128x128 29 -> 20, at 64x64 11 -> 4.4).
+      const xTex = g.xTex;
+      const pipeline = xTex
+        ? dev.pipeline(`winograd_input:${al.key}:xtex`, () => winoShader(al, 'input', { X_TEX: true }))
+        : dev.pipeline(`winograd_input:${al.key}:${v4}:${v2}`, () => winoShader(al, 'input', { IN_V4: v4, IN_V2: v2 }));
       const [nx, ny] = grid1d(Math.ceil((nt * (Ci / 4)) / 64));
       dev.dispatch({
         label: `${g.label} winograd input`, family: 'winograd input', pipeline,
         uniforms: uniforms([['u', B], ['u', Ci], ['u', H], ['u', W], ['u', tx], ['u', t0], ['u', nt], ['u', nx], ['u', 0], ['u', 0], ['u', 0], ['u', 0]]),
-        bindings: v4 || v2 ? [x.binding(), v.binding(), x.binding()] : [x.binding(), v.binding()], workgroups: [nx, ny],
+        bindings: xTex ? [null, v.binding(), null, textureBinding(xTex)] : v4 || v2 ? [x().binding(), v.binding(), x().binding()] : [x().binding(), v.binding()],
+        workgroups: [nx, ny],
       });
     }
     // On a CPU adapter the matmul writes M into a texture, texel (c4, tile, e), and the output
